@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "IOLoop",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "IOLoop", targets: ["IOLoop"]),
+        .library(name: "ControlChannel", targets: ["ControlChannel"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Thin shim over the system libev (Debian libev-dev): static inline wrappers for macros only.
+        .target(
+            name: "CLibev",
+            linkerSettings: [.linkedLibrary("ev")]
+        ),
+        .target(
+            name: "IOLoop",
+            dependencies: [
+                "CLibev",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "ControlChannel",
+            dependencies: [
+                "IOLoop",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "IOLoopTests", dependencies: ["IOLoop"]),
+        .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

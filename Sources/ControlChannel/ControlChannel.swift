@@ -1,0 +1,1 @@
+// ControlChannel: Kea-compatible command manager, JSON framer and control socket over IOLoop.
