@@ -34,7 +34,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "IOLoopTests", dependencies: ["IOLoop"]),
+        .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
         .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
     ],
     swiftLanguageModes: [.v6]

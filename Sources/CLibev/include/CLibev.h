@@ -10,6 +10,11 @@
 #define EV_COMPAT3 0
 #include <ev.h>
 
+// The two Linux descriptors the IOService pairs with libev's epoll loop (a wake-up eventfd and a timerfd
+// for its timer heap). Glibc's Swift module does not export these headers.
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+
 typedef void (*ioloop_ev_io_cb)(struct ev_loop *loop, ev_io *w, int revents);
 typedef void (*ioloop_ev_timer_cb)(struct ev_loop *loop, ev_timer *w, int revents);
 typedef void (*ioloop_ev_signal_cb)(struct ev_loop *loop, ev_signal *w, int revents);

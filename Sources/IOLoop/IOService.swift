@@ -1,0 +1,612 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLibev
+import DequeModule
+import Synchronization
+
+/// One unit of ready work in the service's queue.
+///
+/// Completions of the framework's own operations are stored with their result inline, so completing a
+/// timer wait or a read allocates nothing beyond the handler the user already gave us.
+enum Work {
+    case handler(() throws -> Void)
+    case status((IOError?) throws -> Void, IOError?)
+    case count((Result<Int, IOError>) throws -> Void, Result<Int, IOError>)
+    case operation(IOOperation)
+}
+
+/// A reusable completion object (sockets keep one per direction), invoked from the run/poll drain.
+class IOOperation {
+    /// Runs the user's completion. Called exactly once per enqueue, on the loop thread.
+    func invoke() throws {}
+}
+
+/// An event loop with Boost.Asio `io_context` semantics, driven by the system libev.
+///
+/// Handlers (posted closures and completions of asynchronous operations) run only inside `run()`,
+/// `runOne()`, `poll()`, `pollOne()` and their bounded variants, on the thread that calls them. libev
+/// callbacks never run user code: they record completions in the service's own queue, which the
+/// run/poll family drains. That makes every count exact, keeps Swift errors away from C frames, and
+/// guarantees Asio's rule that a completion never runs inside the call that started its operation.
+///
+/// Outstanding work = queued handlers + pending asynchronous operations + live `WorkGuard`s. When it
+/// reaches zero the service stops itself; `restart()` clears that.
+///
+/// Host embedding (Kea's DHCP server pattern): a host that owns its main loop blocks in its own
+/// `poll(2)`/`epoll_wait` on its sockets plus ``pollDescriptor()``, bounded by ``timeUntilNextEvent()``,
+/// and calls ``poll()`` after each wake-up. See `Docs/IOService.md`.
+///
+/// Thread contract: one thread runs a given service at a time (enforced: a second concurrent runner
+/// is a precondition failure). `post`, `dispatch`, `stop`, `stopped`, `WorkGuard` and the embedding
+/// descriptor are safe from any thread. Everything else — starting operations, timers, closing — belongs
+/// to the thread running the service (or is reached through `post`).
+///
+/// Asio counterpart: `boost::asio::io_context`; Kea: `isc::asiolink::IOService`.
+public final class IOService: @unchecked Sendable {
+    // MARK: libev state (loop thread)
+
+    /// The libev loop (`struct ev_loop *`); internal so I/O objects in this module can start watchers.
+    let loop: OpaquePointer
+    private let wakeFD: Int32
+    private let timerFD: Int32
+    private let wakeWatcher: UnsafeMutablePointer<ev_io>
+    private let timerWatcher: UnsafeMutablePointer<ev_io>
+
+    // MARK: queues
+
+    /// Ready handlers, touched only by the thread running the service.
+    private var ready = Deque<Work>()
+    /// How many items of `ready` come before the reactor sentinel (Asio's task_operation_ marker).
+    private var batchRemaining = 0
+
+    private struct Shared {
+        var handlers = Deque<@Sendable () throws -> Void>()
+        var events: [@Sendable () -> Void] = []
+    }
+    /// Handlers posted from outside the running thread, and internal events from other threads.
+    private let shared = Mutex(Shared())
+    /// Mirrors "shared is non-empty" so the drain can skip the lock when nothing was posted.
+    private let sharedPending = Atomic<Bool>(false)
+
+    // MARK: counters and flags (any thread)
+
+    private let outstanding = Atomic<Int>(0)
+    private let stoppedFlag = Atomic<Bool>(false)
+    private let wakePending = Atomic<Bool>(false)
+    private let owner = Atomic<UInt>(0)
+    private var depth = 0
+    private let isShutDown = Atomic<Bool>(false)
+
+    // MARK: timers (loop thread)
+
+    let timers = TimerHeap()
+    /// The deadline the timerfd is armed for (`UInt64.max` = disarmed).
+    private var armedDeadline = UInt64.max
+    /// Set when a watcher was started or stopped outside `ev_run`, so the kernel state may be stale.
+    var watchersChanged = false
+
+    private let embedding = Mutex<Int32?>(nil)
+    private var shutdownHooks: [ObjectIdentifier: () -> Void] = [:]
+
+    /// Creates a service with its own libev loop (epoll backend).
+    ///
+    /// - Throws: `IOError` if libev cannot create a loop or the wake-up descriptors cannot be made
+    ///   (for example under descriptor exhaustion).
+    public init() throws {
+        let flags = UInt32(EVBACKEND_EPOLL) | UInt32(EVFLAG_NOENV) | UInt32(EVFLAG_NOSIGMASK)
+        guard let loop = ev_loop_new(flags) else {
+            throw IOError(errno: errno == 0 ? ENOMEM : errno, "ev_loop_new (epoll backend)")
+        }
+        let wfd = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wfd >= 0 else {
+            let e = IOError.lastErrno("eventfd for IOService wake-ups")
+            ev_loop_destroy(loop)
+            throw e
+        }
+        let tfd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC))
+        guard tfd >= 0 else {
+            let e = IOError.lastErrno("timerfd_create for IOService timers")
+            close(wfd)
+            ev_loop_destroy(loop)
+            throw e
+        }
+        self.loop = loop
+        self.wakeFD = wfd
+        self.timerFD = tfd
+        wakeWatcher = .allocate(capacity: 1)
+        timerWatcher = .allocate(capacity: 1)
+        ioloop_ev_io_init(wakeWatcher, ioServiceWakeCallback, wfd, Int32(EV_READ))
+        ioloop_ev_io_init(timerWatcher, ioServiceTimerCallback, tfd, Int32(EV_READ))
+        ev_set_userdata(loop, Unmanaged.passUnretained(self).toOpaque())
+        // These two keep libev's active count above zero, so EVRUN_ONCE blocks instead of spinning.
+        ev_io_start(loop, wakeWatcher)
+        ev_io_start(loop, timerWatcher)
+        // Push the registrations into the kernel now, so the embedding descriptor is complete at once.
+        ev_run(loop, Int32(EVRUN_NOWAIT))
+    }
+
+    deinit {
+        releaseEverything()
+        ev_io_stop(loop, wakeWatcher)
+        ev_io_stop(loop, timerWatcher)
+        ev_loop_destroy(loop)
+        wakeWatcher.deallocate()
+        timerWatcher.deallocate()
+        close(wakeFD)
+        close(timerFD)
+    }
+
+    // MARK: - Run family
+
+    /// Runs handlers until no work is left or `stop()` is called; returns how many ran.
+    ///
+    /// Entered with no outstanding work it stops the service and returns 0 at once. Blocks while work is
+    /// outstanding but nothing is ready. A handler that throws ends the call with that error; the handler
+    /// counts as done and the service stays usable without `restart()`.
+    /// Asio: `io_context::run()`.
+    @discardableResult
+    public func run() throws -> Int {
+        try drive(limit: .max, blocking: true, deadline: nil)
+    }
+
+    /// Runs handlers until the deadline passes, work runs out or `stop()` is called.
+    /// Asio: `io_context::run_until()`.
+    @discardableResult
+    public func run(until deadline: SteadyInstant) throws -> Int {
+        try drive(limit: .max, blocking: true, deadline: deadline.nanoseconds)
+    }
+
+    /// Runs handlers for at most `duration`. Asio: `io_context::run_for()`.
+    @discardableResult
+    public func run(for duration: Duration) throws -> Int {
+        try run(until: .now() + duration)
+    }
+
+    /// Blocks until exactly one handler has run (returns 1), or returns 0 when stopped or out of work.
+    ///
+    /// "One handler" is one user completion, never an internal libev iteration. Asio: `run_one()`.
+    @discardableResult
+    public func runOne() throws -> Int {
+        try drive(limit: 1, blocking: true, deadline: nil)
+    }
+
+    /// `runOne()` bounded by a monotonic deadline: returns 0 if none ran in time. Asio: `run_one_until()`.
+    @discardableResult
+    public func runOne(until deadline: SteadyInstant) throws -> Int {
+        try drive(limit: 1, blocking: true, deadline: deadline.nanoseconds)
+    }
+
+    /// `runOne()` bounded by a duration. Asio: `run_one_for()`.
+    @discardableResult
+    public func runOne(for duration: Duration) throws -> Int {
+        try runOne(until: .now() + duration)
+    }
+
+    /// Runs every handler that is ready now, never blocking; returns how many ran.
+    ///
+    /// I/O readiness and expired timers are sampled without blocking first, so completions that are
+    /// ready at the time of the call run too. Handlers posted by these handlers also run (as in Asio);
+    /// use `poll(maxHandlers:)` to bound the call so a host loop can't be starved. Asio: `poll()`.
+    @discardableResult
+    public func poll() throws -> Int {
+        try drive(limit: .max, blocking: false, deadline: nil)
+    }
+
+    /// `poll()` that runs at most `maxHandlers` handlers; the rest stay queued for the next call.
+    @discardableResult
+    public func poll(maxHandlers: Int) throws -> Int {
+        precondition(maxHandlers >= 0, "poll(maxHandlers:) needs a non-negative bound")
+        return try drive(limit: maxHandlers, blocking: false, deadline: nil)
+    }
+
+    /// Runs at most one ready handler, never blocking. Asio: `poll_one()`.
+    @discardableResult
+    public func pollOne() throws -> Int {
+        try drive(limit: 1, blocking: false, deadline: nil)
+    }
+
+    /// Stops the service: a blocked `run()` on any thread returns promptly; queued handlers stay queued.
+    ///
+    /// Thread-safe and non-blocking. The service stays stopped (every run/poll call returns 0 at once)
+    /// until `restart()`. Asio: `io_context::stop()`.
+    public func stop() {
+        stoppedFlag.store(true, ordering: .sequentiallyConsistent)
+        wake()
+    }
+
+    /// True after `stop()` or after running out of work, until `restart()`. Asio: `stopped()`.
+    public var stopped: Bool { stoppedFlag.load(ordering: .acquiring) }
+
+    /// Clears the stopped state so the run/poll family works again. Asio: `io_context::restart()`.
+    ///
+    /// Precondition: not called from inside a run/poll call of this service.
+    public func restart() {
+        precondition(owner.load(ordering: .acquiring) == 0, "IOService.restart() called while the service is running")
+        stoppedFlag.store(false, ordering: .sequentiallyConsistent)
+    }
+
+    /// True when the calling thread is inside a run/poll call of this service.
+    /// Asio: `io_context::get_executor().running_in_this_thread()`.
+    public var runningInThisThread: Bool {
+        owner.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
+    }
+
+    /// Current outstanding work (queued handlers + pending operations + work guards). For diagnostics.
+    public var outstandingWork: Int { outstanding.load(ordering: .relaxed) }
+
+    // MARK: - Handlers
+
+    /// Queues `handler` to run inside a later run/poll call; never runs it inside `post`.
+    ///
+    /// Safe from any thread; handlers posted from one thread run in FIFO order. Counts as outstanding work
+    /// until it has run. Asio: `boost::asio::post(io_context, handler)`.
+    public func post(_ handler: @escaping @Sendable () throws -> Void) {
+        outstanding.add(1, ordering: .relaxed)
+        if runningInThisThread {
+            ready.append(.handler(handler))
+            return
+        }
+        shared.withLock { $0.handlers.append(handler) }
+        sharedPending.store(true, ordering: .releasing)
+        wake()
+    }
+
+    /// Runs `handler` at once if the calling thread is running this service, else posts it.
+    ///
+    /// When run inline, an error it throws propagates to the caller of `dispatch`; when posted, out of the
+    /// run/poll call that runs it. Asio: `boost::asio::dispatch`.
+    public func dispatch(_ handler: @escaping @Sendable () throws -> Void) throws {
+        if runningInThisThread {
+            try handler()
+        } else {
+            post(handler)
+        }
+    }
+
+    // MARK: - Internal API for I/O objects in this module
+
+    /// Queues a completion produced on the loop thread (from a libev callback or an initiating call).
+    /// The caller already counted the operation as outstanding work when it started.
+    @inline(__always)
+    func enqueue(_ work: Work) {
+        ready.append(work)
+    }
+
+    /// Counts one pending operation as outstanding work (call when an asynchronous operation starts).
+    @inline(__always)
+    func beginWork() {
+        outstanding.add(1, ordering: .relaxed)
+    }
+
+    /// Ends one unit of outstanding work without running a handler (used by guards and shutdown).
+    func endWork() {
+        if isShutDown.load(ordering: .acquiring) { return }
+        if outstanding.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            stop()
+        }
+    }
+
+    /// Runs `event` on the loop thread at the next reactor sample, without counting it as a handler.
+    /// Safe from any thread; used for signal fan-out.
+    func postInternal(_ event: @escaping @Sendable () -> Void) {
+        shared.withLock { $0.events.append(event) }
+        sharedPending.store(true, ordering: .releasing)
+        wake()
+    }
+
+    /// Registers a closure run by `shutdown()` so an I/O object can drop its pending handlers.
+    func addShutdownHook(_ id: ObjectIdentifier, _ hook: @escaping () -> Void) {
+        shutdownHooks[id] = hook
+    }
+
+    func removeShutdownHook(_ id: ObjectIdentifier) {
+        shutdownHooks[id] = nil
+    }
+
+    /// Starts a libev I/O watcher, remembering that the kernel registration may need flushing.
+    @inline(__always)
+    func start(_ watcher: UnsafeMutablePointer<ev_io>) {
+        ev_io_start(loop, watcher)
+        watchersChanged = true
+    }
+
+    @inline(__always)
+    func stop(_ watcher: UnsafeMutablePointer<ev_io>) {
+        ev_io_stop(loop, watcher)
+    }
+
+    /// Wakes the thread blocked in this service's `ev_run`, or a host blocked on the embedding descriptor.
+    /// Coalesced: one write until the loop has drained it. Async-signal-safe.
+    @inline(__always)
+    private func wake() {
+        if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
+    }
+
+    /// libev callback side of `wake()`: drain the eventfd, then allow the next write. The order matters:
+    /// a post that lands after the read either sees the flag still set (and its item is picked up by the
+    /// splice that follows this callback) or sees it clear and writes again.
+    fileprivate func wakeReadable() {
+        var value: UInt64 = 0
+        _ = read(wakeFD, &value, 8)
+        wakePending.store(false, ordering: .sequentiallyConsistent)
+    }
+
+    fileprivate func timerReadable() {
+        var expirations: UInt64 = 0
+        _ = read(timerFD, &expirations, 8)
+        armedDeadline = UInt64.max
+    }
+
+    // MARK: - The drain
+
+    private func drive(limit: Int, blocking: Bool, deadline: UInt64?) throws -> Int {
+        if stoppedFlag.load(ordering: .acquiring) { return 0 }
+        if outstanding.load(ordering: .acquiring) == 0 {
+            stop()
+            return 0
+        }
+        enter()
+        defer { leave() }
+        var count = 0
+        while count < limit {
+            if stoppedFlag.load(ordering: .relaxed) { break }
+            if batchRemaining > 0 {
+                if let d = deadline, SteadyInstant.now().nanoseconds >= d { break }
+                batchRemaining -= 1
+                // The queue can't be empty here: only this thread removes from it.
+                let work = ready.removeFirst()
+                count += 1
+                try invoke(work)
+                continue
+            }
+            // Batch boundary: the reactor sentinel came round. Re-sample I/O, timers and other threads.
+            if blocking {
+                if ready.isEmpty {
+                    if outstanding.load(ordering: .acquiring) == 0 {
+                        stop()
+                        break
+                    }
+                    if let d = deadline, SteadyInstant.now().nanoseconds >= d { break }
+                    reactorStep(block: true, deadline: deadline)
+                } else {
+                    reactorStep(block: false, deadline: nil)
+                }
+            } else {
+                reactorStep(block: false, deadline: nil)
+                if ready.isEmpty { break }
+            }
+            batchRemaining = ready.count
+        }
+        return count
+    }
+
+    @inline(__always)
+    private func invoke(_ work: Work) throws {
+        defer {
+            if outstanding.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                stop()
+            }
+        }
+        switch work {
+        case .handler(let h): try h()
+        case .status(let h, let e): try h(e)
+        case .count(let h, let r): try h(r)
+        case .operation(let op): try op.invoke()
+        }
+    }
+
+    private func enter() {
+        let me = UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
+        if depth > 0 && owner.load(ordering: .relaxed) == me {
+            depth += 1
+            return
+        }
+        let (exchanged, current) = owner.compareExchange(expected: 0, desired: me, ordering: .acquiringAndReleasing)
+        precondition(
+            exchanged,
+            "IOService is already being run by another thread (\(current)); one thread runs a service at a time")
+        depth = 1
+    }
+
+    private func leave() {
+        depth -= 1
+        if depth == 0 {
+            owner.store(0, ordering: .releasing)
+        }
+    }
+
+    /// One reactor sample: sync the timerfd, run libev once (blocking or not), then collect what other
+    /// threads sent and every expired timer into the ready queue.
+    private func reactorStep(block: Bool, deadline: UInt64?) {
+        var flags = Int32(EVRUN_NOWAIT)
+        if block {
+            var wakeAt = timers.earliestDeadline ?? UInt64.max
+            if let d = deadline, d < wakeAt { wakeAt = d }
+            if wakeAt != UInt64.max && wakeAt <= SteadyInstant.now().nanoseconds {
+                // Something is due already: sample without sleeping.
+                armTimerFD(timers.earliestDeadline ?? UInt64.max)
+            } else {
+                armTimerFD(wakeAt)
+                flags = Int32(EVRUN_ONCE)
+            }
+        } else {
+            armTimerFD(timers.earliestDeadline ?? UInt64.max)
+        }
+        ev_run(loop, flags)
+        watchersChanged = false
+        collectShared()
+        expireTimers()
+    }
+
+    private func collectShared() {
+        guard sharedPending.load(ordering: .acquiring) else { return }
+        let (handlers, events) = shared.withLock { state in
+            sharedPending.store(false, ordering: .relaxed)
+            let result = (state.handlers, state.events)
+            state.handlers.removeAll(keepingCapacity: true)
+            state.events.removeAll(keepingCapacity: true)
+            return result
+        }
+        for event in events { event() }
+        for h in handlers { ready.append(.handler(h)) }
+    }
+
+    private func expireTimers() {
+        guard let first = timers.earliestDeadline else { return }
+        let now = SteadyInstant.now().nanoseconds
+        guard first <= now else { return }
+        // Re-checked against the monotonic clock: a timer never fires before its deadline.
+        while let node = timers.popExpired(now: now) {
+            node.expire(now: now)
+        }
+    }
+
+    /// Arms the timerfd for an absolute monotonic deadline (or disarms it), only when it changes.
+    private func armTimerFD(_ deadline: UInt64) {
+        if deadline == armedDeadline { return }
+        armedDeadline = deadline
+        var spec = itimerspec()
+        if deadline != UInt64.max {
+            // 0 would disarm: a deadline at the clock's epoch is "now" anyway.
+            let d = max(deadline, 1)
+            spec.it_value.tv_sec = Int(d / 1_000_000_000)
+            spec.it_value.tv_nsec = Int(d % 1_000_000_000)
+        }
+        timerfd_settime(timerFD, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+    }
+
+    // MARK: - Embedding
+
+    /// A descriptor that is readable whenever this service has work ready: I/O readiness of an armed
+    /// operation, a handler posted from another thread, a signal, or an expired timer.
+    ///
+    /// It is libev's own epoll descriptor. The system libev has no accessor for it, so the service finds
+    /// it once, on first use, as the one eventpoll descriptor of the process whose registered targets
+    /// (`/proc/self/fdinfo`) include this service's private wake-up eventfd; see `Docs/IOService.md`.
+    /// Add it to the host's `poll(2)`/`epoll` set for reading; never read from or close it.
+    ///
+    /// - Throws: `IOError` if the descriptor cannot be identified (no `/proc`).
+    /// Thread contract: any thread. libuv counterpart: `uv_backend_fd`.
+    public func pollDescriptor() throws -> Int32 {
+        try embedding.withLock { cached in
+            if let fd = cached { return fd }
+            guard let fd = findBackendDescriptor(targets: [wakeFD, timerFD]) else {
+                throw IOError(.invalidArgument, "cannot identify libev's epoll descriptor through /proc/self/fdinfo")
+            }
+            cached = fd
+            return fd
+        }
+    }
+
+    /// How long a host may block before it must call `poll()`: zero when handlers are ready, the time to
+    /// the earliest timer, or nil when only I/O, posts or signals can make work (block indefinitely on
+    /// ``pollDescriptor()``).
+    ///
+    /// Also pushes watcher changes made outside `poll()` to the kernel, so the descriptor reflects every
+    /// armed operation. Round the result up, never down, when converting to milliseconds.
+    /// Thread contract: the thread that drives the service. libuv counterpart: `uv_backend_timeout`.
+    public func timeUntilNextEvent() -> Duration? {
+        if !ready.isEmpty || sharedPending.load(ordering: .acquiring) { return .zero }
+        if watchersChanged || (timers.earliestDeadline ?? UInt64.max) != armedDeadline {
+            reactorStep(block: false, deadline: nil)
+            if !ready.isEmpty { return .zero }
+        }
+        guard let next = timers.earliestDeadline else { return nil }
+        let now = SteadyInstant.now().nanoseconds
+        return next <= now ? .zero : .nanoseconds(Int64(clamping: next - now))
+    }
+
+    /// `timeUntilNextEvent()` as a `poll(2)` timeout in milliseconds (rounded up; -1 = infinite).
+    public func pollTimeoutMilliseconds() -> Int32 {
+        guard let d = timeUntilNextEvent() else { return -1 }
+        let ns = d.nanosecondsClamped
+        if ns <= 0 { return 0 }
+        return Int32(clamping: (ns + 999_999) / 1_000_000)
+    }
+
+    // MARK: - Shutdown
+
+    /// Stops the service and releases every uninvoked handler without calling it.
+    ///
+    /// Pending operations of I/O objects are dropped, queued handlers and timer waits are released, and
+    /// outstanding work drops to zero. Afterwards the service stays stopped. Call it from the thread that
+    /// runs the service, outside run/poll (Asio: `io_context::shutdown()`, which its destructor calls).
+    public func shutdown() {
+        precondition(owner.load(ordering: .acquiring) == 0, "IOService.shutdown() called while the service is running")
+        isShutDown.store(true, ordering: .releasing)
+        stoppedFlag.store(true, ordering: .sequentiallyConsistent)
+        releaseEverything()
+    }
+
+    private func releaseEverything() {
+        let hooks = shutdownHooks
+        shutdownHooks.removeAll()
+        for hook in hooks.values { hook() }
+        ready.removeAll()
+        batchRemaining = 0
+        shared.withLock {
+            $0.handlers.removeAll()
+            $0.events.removeAll()
+        }
+        timers.removeAll()
+        outstanding.store(0, ordering: .releasing)
+    }
+}
+
+// MARK: - libev callbacks (C convention; they only record events)
+
+private let ioServiceWakeCallback: ioloop_ev_io_cb = { loop, _, _ in
+    Unmanaged<IOService>.fromOpaque(ev_userdata(loop)!).takeUnretainedValue().wakeReadable()
+}
+
+private let ioServiceTimerCallback: ioloop_ev_io_cb = { loop, _, _ in
+    Unmanaged<IOService>.fromOpaque(ev_userdata(loop)!).takeUnretainedValue().timerReadable()
+}
+
+/// Finds the eventpoll descriptor of this process whose registered targets include every fd in `targets`.
+private func findBackendDescriptor(targets: [Int32]) -> Int32? {
+    guard let dir = opendir("/proc/self/fd") else { return nil }
+    defer { closedir(dir) }
+    let dirFD = dirfd(dir)
+    var link = [CChar](repeating: 0, count: 64)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        guard let fd = Int32(name), fd != dirFD else { continue }
+        let n = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
+        guard n > 0 else { continue }
+        let target = link.withUnsafeBufferPointer { buf in
+            String(decoding: UnsafeRawBufferPointer(start: buf.baseAddress, count: n), as: UTF8.self)
+        }
+        guard target == "anon_inode:[eventpoll]" else { continue }
+        guard let info = readSmallFile("/proc/self/fdinfo/\(fd)") else { continue }
+        var registered = Set<Int32>()
+        for line in info.split(separator: "\n") where line.hasPrefix("tfd:") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if fields.count >= 2, let t = Int32(fields[1]) { registered.insert(t) }
+        }
+        if targets.allSatisfy({ registered.contains($0) }) { return fd }
+    }
+    return nil
+}
+
+private func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<n])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}

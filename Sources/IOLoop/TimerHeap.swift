@@ -1,0 +1,102 @@
+/// Something the timer heap can hold: it remembers its own position so removal is O(log n).
+protocol TimerNode: AnyObject {
+    /// Index in the heap, or -1 when not queued. Maintained by `TimerHeap` only.
+    var heapIndex: Int { get set }
+    /// Called on the loop thread once the monotonic clock has reached the node's deadline.
+    func expire(now: UInt64)
+}
+
+/// An indexed binary min-heap of timer deadlines (monotonic nanoseconds).
+///
+/// Asio keeps the same structure (`timer_queue`): insertion and removal are O(log n), the earliest
+/// deadline is O(1), and one kernel timer (our timerfd) is armed for the earliest entry only.
+/// Loop-thread only.
+final class TimerHeap {
+    private struct Entry {
+        var deadline: UInt64
+        var node: any TimerNode
+    }
+    private var entries: [Entry] = []
+
+    var isEmpty: Bool { entries.isEmpty }
+    var count: Int { entries.count }
+
+    /// The earliest deadline, or nil when no timer is queued.
+    @inline(__always)
+    var earliestDeadline: UInt64? { entries.first?.deadline }
+
+    func insert(_ node: any TimerNode, deadline: UInt64) {
+        precondition(node.heapIndex < 0, "timer is already queued")
+        entries.append(Entry(deadline: deadline, node: node))
+        node.heapIndex = entries.count - 1
+        siftUp(entries.count - 1)
+    }
+
+    /// Removes `node` if queued; returns whether it was.
+    @discardableResult
+    func remove(_ node: any TimerNode) -> Bool {
+        let i = node.heapIndex
+        guard i >= 0 else { return false }
+        node.heapIndex = -1
+        let last = entries.count - 1
+        if i != last {
+            entries[i] = entries[last]
+            entries[i].node.heapIndex = i
+            entries.removeLast()
+            if i > 0 && entries[i].deadline < entries[(i - 1) / 2].deadline {
+                siftUp(i)
+            } else {
+                siftDown(i)
+            }
+        } else {
+            entries.removeLast()
+        }
+        return true
+    }
+
+    /// Pops the earliest node if its deadline is at or before `now`.
+    func popExpired(now: UInt64) -> (any TimerNode)? {
+        guard let first = entries.first, first.deadline <= now else { return nil }
+        let node = first.node
+        remove(node)
+        return node
+    }
+
+    /// Drops every entry without expiring it (service shutdown).
+    func removeAll() {
+        for e in entries { e.node.heapIndex = -1 }
+        entries.removeAll()
+    }
+
+    private func siftUp(_ start: Int) {
+        var i = start
+        let moving = entries[i]
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if entries[parent].deadline <= moving.deadline { break }
+            entries[i] = entries[parent]
+            entries[i].node.heapIndex = i
+            i = parent
+        }
+        entries[i] = moving
+        moving.node.heapIndex = i
+    }
+
+    private func siftDown(_ start: Int) {
+        var i = start
+        let moving = entries[i]
+        let n = entries.count
+        while true {
+            let left = 2 * i + 1
+            if left >= n { break }
+            var child = left
+            if left + 1 < n && entries[left + 1].deadline < entries[left].deadline { child = left + 1 }
+            if moving.deadline <= entries[child].deadline { break }
+            entries[i] = entries[child]
+            entries[i].node.heapIndex = i
+            i = child
+        }
+        entries[i] = moving
+        moving.node.heapIndex = i
+    }
+}

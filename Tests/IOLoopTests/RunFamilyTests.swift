@@ -1,0 +1,257 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import IOLoop
+
+/// A counter that handlers on any thread can bump.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    func bump() { value.add(1, ordering: .relaxed) }
+    var count: Int { value.load(ordering: .relaxed) }
+}
+
+/// Records values in order; handlers run on the loop thread, but tests read it from the test thread.
+final class Recorder<T: Sendable>: Sendable {
+    private let items = Mutex<[T]>([])
+    func append(_ item: T) { items.withLock { $0.append(item) } }
+    var values: [T] { items.withLock { $0 } }
+}
+
+struct TestError: Error, Equatable {
+    let tag: Int
+}
+
+@Suite("IOService run family")
+struct RunFamilyTests {
+    @Test func runWithNoWorkReturnsZeroAndStops() throws {
+        let io = try IOService()
+        #expect(try io.run() == 0)
+        #expect(io.stopped)
+    }
+
+    @Test func runReturnsWhenWorkReachesZero() throws {
+        let io = try IOService()
+        let c = Counter()
+        for _ in 0..<3 { io.post { c.bump() } }
+        #expect(try io.run() == 3)
+        #expect(c.count == 3)
+        #expect(io.stopped)
+        #expect(io.outstandingWork == 0)
+    }
+
+    @Test func runOneRunsExactlyOneHandler() throws {
+        let io = try IOService()
+        let c = Counter()
+        for _ in 0..<3 { io.post { c.bump() } }
+        #expect(try io.runOne() == 1)
+        #expect(c.count == 1)
+        #expect(try io.runOne() == 1)
+        #expect(c.count == 2)
+        #expect(!io.stopped)
+    }
+
+    @Test func pollOneRunsAtMostOne() throws {
+        let io = try IOService()
+        let guardWork = io.makeWorkGuard()
+        #expect(try io.pollOne() == 0)
+        let c = Counter()
+        io.post { c.bump() }
+        io.post { c.bump() }
+        #expect(try io.pollOne() == 1)
+        #expect(c.count == 1)
+        #expect(try io.poll() == 1)
+        #expect(c.count == 2)
+        guardWork.reset()
+    }
+
+    @Test func pollNeverBlocksWithIdleFdAndFarTimer() throws {
+        let io = try IOService()
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer {
+            close(fds[0])
+            close(fds[1])
+        }
+        // An armed idle descriptor: a read operation on an empty pipe.
+        let idle = IdleReadable(io, fd: fds[0])
+        defer { idle.stop() }
+        let timer = SteadyTimer(io, expiresAfter: .seconds(3600))
+        timer.asyncWait { _ in }
+        let start = SteadyInstant.now()
+        for _ in 0..<1000 { #expect(try io.poll() == 0) }
+        #expect(SteadyInstant.now() - start < .seconds(1))
+        timer.cancel()
+        #expect(try io.poll() == 1)
+    }
+
+    @Test func pollRunsHandlersPostedByHandlers() throws {
+        let io = try IOService()
+        let c = Counter()
+        io.post {
+            c.bump()
+            io.post { c.bump() }
+        }
+        #expect(try io.poll() == 2)
+        #expect(c.count == 2)
+    }
+
+    @Test func pollMaxHandlersBounds() throws {
+        let io = try IOService()
+        let c = Counter()
+        for _ in 0..<10 { io.post { c.bump() } }
+        #expect(try io.poll(maxHandlers: 4) == 4)
+        #expect(c.count == 4)
+        #expect(io.timeUntilNextEvent() == .zero)
+        #expect(try io.poll() == 6)
+    }
+
+    @Test func stopFromAnotherThreadWakesBlockedRun() throws {
+        let io = try IOService()
+        let guardWork = WorkGuard(io)
+        let started = DispatchSemaphore(value: 0)
+        io.post { started.signal() }
+        let stopper = Thread {
+            started.wait()
+            io.stop()
+        }
+        stopper.start()
+        let t0 = SteadyInstant.now()
+        #expect(try io.run() == 1)
+        #expect(io.stopped)
+        #expect(SteadyInstant.now() - t0 < .seconds(5))
+        guardWork.reset()
+    }
+
+    @Test func stoppedHoldsUntilRestart() throws {
+        let io = try IOService()
+        let c = Counter()
+        io.post { c.bump() }
+        io.stop()
+        #expect(io.stopped)
+        #expect(try io.run() == 0)
+        #expect(try io.poll() == 0)
+        #expect(try io.runOne() == 0)
+        #expect(c.count == 0)
+        io.restart()
+        #expect(!io.stopped)
+        #expect(try io.run() == 1)
+        #expect(c.count == 1)
+    }
+
+    @Test func fifoOrder() throws {
+        let io = try IOService()
+        let r = Recorder<Int>()
+        for i in 0..<1000 { io.post { r.append(i) } }
+        try io.run()
+        #expect(r.values == Array(0..<1000))
+    }
+
+    @Test func fourThreadsPostingAllRunExactlyOnce() throws {
+        let io = try IOService()
+        let perThread = 100_000
+        let c = Counter()
+        let work = WorkGuard(io)
+        let group = DispatchGroup()
+        for _ in 0..<4 {
+            group.enter()
+            Thread {
+                for _ in 0..<perThread { io.post { c.bump() } }
+                group.leave()
+            }.start()
+        }
+        Thread {
+            group.wait()
+            work.reset()
+        }.start()
+        let ran = try io.run()
+        #expect(ran == 4 * perThread)
+        #expect(c.count == 4 * perThread)
+    }
+
+    @Test func dispatchInlineOnLoopThreadElsePosted() throws {
+        let io = try IOService()
+        let r = Recorder<String>()
+        // Not running: dispatch posts.
+        try io.dispatch { r.append("outside") }
+        #expect(r.values.isEmpty)
+        io.post {
+            r.append("handler-start")
+            try io.dispatch { r.append("dispatched-inline") }
+            io.post { r.append("posted") }
+            r.append("handler-end")
+        }
+        try io.run()
+        #expect(r.values == ["outside", "handler-start", "dispatched-inline", "handler-end", "posted"])
+    }
+
+    @Test func runningInThisThread() throws {
+        let io = try IOService()
+        #expect(!io.runningInThisThread)
+        let seen = Recorder<Bool>()
+        io.post { seen.append(io.runningInThisThread) }
+        try io.run()
+        #expect(seen.values == [true])
+        #expect(!io.runningInThisThread)
+    }
+
+    @Test func throwingHandlerPropagatesAndServiceStaysUsable() throws {
+        let io = try IOService()
+        let c = Counter()
+        io.post { c.bump() }
+        io.post { throw TestError(tag: 7) }
+        io.post { c.bump() }
+        #expect(throws: TestError(tag: 7)) { try io.run() }
+        #expect(c.count == 1)
+        #expect(!io.stopped)
+        #expect(try io.run() == 1)
+        #expect(c.count == 2)
+    }
+
+    @Test func workGuardKeepsRunAliveUntilReset() throws {
+        let io = try IOService()
+        let g = io.makeWorkGuard()
+        #expect(g.ownsWork)
+        io.post { g.reset() }
+        #expect(try io.run() == 1)
+        #expect(!g.ownsWork)
+        g.reset()  // idempotent
+        #expect(io.outstandingWork == 0)
+    }
+
+    @Test func runForReturnsAtDeadlineWithGuard() throws {
+        let io = try IOService()
+        let g = WorkGuard(io)
+        let t0 = SteadyInstant.now()
+        #expect(try io.run(for: .milliseconds(50)) == 0)
+        let elapsed = SteadyInstant.now() - t0
+        #expect(elapsed >= .milliseconds(50))
+        #expect(elapsed < .seconds(5))
+        #expect(try io.runOne(for: .milliseconds(10)) == 0)
+        g.reset()
+    }
+
+    @Test func shutdownReleasesHandlersWithoutCallingThem() throws {
+        final class Sentinel: Sendable {
+            let released: Counter
+            init(_ c: Counter) { released = c }
+            deinit { released.bump() }
+        }
+        let released = Counter()
+        let called = Counter()
+        let io = try IOService()
+        do {
+            let s = Sentinel(released)
+            io.post { _ = s; called.bump() }
+            let t = SteadyTimer(io, expiresAfter: .seconds(100))
+            let s2 = Sentinel(released)
+            t.asyncWait { _ in _ = s2; called.bump() }
+        }
+        #expect(released.count == 0)
+        io.shutdown()
+        #expect(released.count == 2)
+        #expect(called.count == 0)
+        #expect(io.stopped)
+        #expect(io.outstandingWork == 0)
+    }
+}
