@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "IOLoop",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "IOLoop", targets: ["IOLoop"]),
         .library(name: "ControlChannel", targets: ["ControlChannel"]),

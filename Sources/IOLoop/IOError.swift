@@ -1,10 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SystemPackage
 
 /// The one error type of IOLoop: an errno-based system error, or one of the framework's own outcomes.

@@ -1,10 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLibev
 import DequeModule
+import Glibc
 import Synchronization
 
 /// One unit of ready work in the service's queue.

@@ -1,10 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 import CLibev
 import Dispatch
+import Glibc
 import Synchronization
 
 /// A set of POSIX signals to wait for asynchronously, with Asio `signal_set` semantics.
@@ -232,7 +228,8 @@ final class SignalOwner: @unchecked Sendable {
                         if st.libevHandler == nil {
                             var current = sigaction()
                             sigaction(r.signal, nil, &current)
-                            st.libevHandler = unsafeBitCast(current.__sigaction_handler.sa_handler, to: UnsafeMutableRawPointer?.self)
+                            st.libevHandler = unsafeBitCast(
+                                current.__sigaction_handler.sa_handler, to: UnsafeMutableRawPointer?.self)
                         }
                     }
                 } else if st.subscribers[r.signal] == nil, let w = st.watchers.removeValue(forKey: r.signal) {

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// A point on the monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
 ///

@@ -242,10 +242,14 @@ struct RunFamilyTests {
         let io = try IOService()
         do {
             let s = Sentinel(released)
-            io.post { _ = s; called.bump() }
+            io.post {
+                _ = s; called.bump()
+            }
             let t = SteadyTimer(io, expiresAfter: .seconds(100))
             let s2 = Sentinel(released)
-            t.asyncWait { _ in _ = s2; called.bump() }
+            t.asyncWait { _ in
+                _ = s2; called.bump()
+            }
         }
         #expect(released.count == 0)
         io.shutdown()
