@@ -90,7 +90,8 @@ public final class CommandResponder: @unchecked Sendable {
     deinit {
         if !answered.load(ordering: .acquiring) {
             logger.error("the handler of command '\(commandName)' released its responder without answering")
-            completion(ControlAnswer.error("internal error: the handler of '\(commandName)' finished without an answer").json)
+            completion(
+                ControlAnswer.error("internal error: the handler of '\(commandName)' finished without an answer").json)
         }
     }
 }

@@ -277,7 +277,8 @@ private struct ParserCore {
                 if frame.isObject && c == ASCII.closeBrace {
                     i += 1
                     frames.removeLast()
-                    value = .object(JSONObject(parsedKeys: keys[frame.keyStart...], values: values[frame.valueStart...]))
+                    value = .object(
+                        JSONObject(parsedKeys: keys[frame.keyStart...], values: values[frame.valueStart...]))
                     keys.removeSubrange(frame.keyStart...)
                     values.removeSubrange(frame.valueStart...)
                     continue

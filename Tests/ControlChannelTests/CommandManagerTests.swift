@@ -135,7 +135,8 @@ struct CommandManagerTests {
         }
         #expect(try process(m, #"{"command": "foo"}"#)["text"] == "first")
         #expect(
-            CommandManagerError.alreadyRegistered("foo").description == "Handler for command 'foo' is already installed.")
+            CommandManagerError.alreadyRegistered("foo").description
+                == "Handler for command 'foo' is already installed.")
     }
 
     @Test func deregister() throws {
@@ -324,7 +325,9 @@ struct CommandManagerTests {
         try m.registerTyped("lease4-get", arguments: LeaseQuery.self) { q in
             .answer(.success, arguments: ["address": .string(q.address), "subnet-id": JSONValue(q.subnetID ?? -1)])
         }
-        try m.registerTyped("opts") { (o: Options) in .answer(.success, arguments: ["verbose": .bool(o.verbose ?? false)]) }
+        try m.registerTyped("opts") { (o: Options) in
+            .answer(.success, arguments: ["verbose": .bool(o.verbose ?? false)])
+        }
         #expect(
             try process(m, #"{"command": "lease4-get", "arguments": {"address": "10.0.0.1", "subnet-id": 7}}"#)
                 == ["arguments": ["address": "10.0.0.1", "subnet-id": 7], "result": 0])

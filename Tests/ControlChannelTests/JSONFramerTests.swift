@@ -144,7 +144,9 @@ struct JSONFramerTests {
         #expect(JSONFramerError(.invalidFirstCharacter(0x7F)).text == "invalid first character \\u007f")
         // The answer text is valid UTF-8 and serializes with an escaped backslash.
         let answer = CommandManager.answerBytes(for: JSONFramerError(.invalidFirstCharacter(0xEF)))
-        #expect(String(decoding: answer, as: UTF8.self) == #"{"arguments":{},"result":1,"text":"invalid first character \\u00ef"}"#)
+        #expect(
+            String(decoding: answer, as: UTF8.self)
+                == #"{"arguments":{},"result":1,"text":"invalid first character \\u00ef"}"#)
     }
 
     @Test func failureIsSticky() {
@@ -179,7 +181,8 @@ struct JSONFramerTests {
         #expect(frame(ok).status == .complete(consumed: 0))
         let deep = String(repeating: "[", count: 101)
         checkAllSplits(deep, failed(.tooDeep(limit: 100), value: "", consumed: 101))
-        #expect(JSONFramerError(.tooDeep(limit: 100)).text == "nesting too deep: more than 100 levels of lists and maps")
+        #expect(
+            JSONFramerError(.tooDeep(limit: 100)).text == "nesting too deep: more than 100 levels of lists and maps")
         let custom = JSONFramer(maxDepth: 3)
         #expect(frame(Array("[[[]]]".utf8), cuts: [], framer: custom).status == .complete(consumed: 0))
         #expect(
@@ -249,7 +252,8 @@ struct JSONFramerTests {
                     text += "\(n)"
                     plain += "\(n)"
                 case 1:
-                    let s = ["\"a\\\"}\"", "\"[{\"", "\"é//\"", "\"/*x*/\"", "\"#\"", "\"\\\\\""].randomElement(using: &rng)!
+                    let s = ["\"a\\\"}\"", "\"[{\"", "\"é//\"", "\"/*x*/\"", "\"#\"", "\"\\\\\""].randomElement(
+                        using: &rng)!
                     text += s
                     plain += s
                 case 2:
@@ -296,7 +300,8 @@ struct JSONFramerTests {
             let input = " // lead\n" + text + " trailing"
             let bytes = Array(input.utf8)
             let expected = Framed(
-                status: .complete(consumed: 0), value: Array(plain.utf8), consumed: bytes.count - " trailing".utf8.count)
+                status: .complete(consumed: 0), value: Array(plain.utf8), consumed: bytes.count - " trailing".utf8.count
+            )
             for _ in 0..<20 {
                 let cuts = randomCuts(bytes.count, &rng)
                 let got = frame(bytes, cuts: cuts)

@@ -62,7 +62,8 @@ struct JSONTests {
 
     @Test func doublesRoundTrip() throws {
         let values: [Double] = [
-            0.1, 1.0, -0.0, 1e-5, 1e300, .leastNonzeroMagnitude, .pi, 123456789.125, 1e16, 2.5e-8, Double.greatestFiniteMagnitude,
+            0.1, 1.0, -0.0, 1e-5, 1e300, .leastNonzeroMagnitude, .pi, 123456789.125, 1e16, 2.5e-8,
+            Double.greatestFiniteMagnitude,
         ]
         for d in values {
             let text = JSONValue.double(d).serializedString()
