@@ -590,12 +590,13 @@ extension JSONObject {
     init(parsedKeys keys: ArraySlice<String>, values: ArraySlice<JSONValue>) {
         let n = keys.count
         if n <= JSONObject.indexThreshold {
+            // Pairwise check; comparing lengths first skips most string comparisons.
             var unique = true
             var a = keys.startIndex
             outer: while a < keys.endIndex {
                 var b = a + 1
                 while b < keys.endIndex {
-                    if keys[a] == keys[b] {
+                    if keys[a].utf8.count == keys[b].utf8.count && keys[a] == keys[b] {
                         unique = false
                         break outer
                     }
