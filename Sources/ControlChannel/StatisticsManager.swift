@@ -250,8 +250,8 @@ public final class StatisticsManager: Sendable {
         public let name: String
         /// The manager the statistic lives in.
         public let manager: StatisticsManager
-        /// Guarded by `manager.state`.
-        private var observation: Observation
+        /// Guarded by `manager.state`, hence no dynamic exclusivity check.
+        @exclusivity(unchecked) private var observation: Observation
 
         init(name: String, manager: StatisticsManager, observation: Observation) {
             self.name = name
@@ -352,10 +352,11 @@ public final class StatisticsManager: Sendable {
 /// is what makes the `@unchecked Sendable` sound. Kea counterpart: `isc::stats::Observation`.
 final class Observation: @unchecked Sendable {
     let kind: StatisticValue.Kind
-    private(set) var retention: StatisticRetention
-    private(set) var ring: SampleRing
+    // Guarded by the manager's lock, hence no dynamic exclusivity checks (they cost ~15 % of an increment).
+    @exclusivity(unchecked) private(set) var retention: StatisticRetention
+    @exclusivity(unchecked) private(set) var ring: SampleRing
     /// Set when removed from the manager, so that counters re-attach.
-    var isRemoved = false
+    @exclusivity(unchecked) var isRemoved = false
 
     init(_ value: StatisticValue, at time: StatisticTimestamp, retention: StatisticRetention) {
         kind = value.kind
