@@ -44,6 +44,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
+        .testTarget(
+            name: "PacketServerTests",
+            dependencies: ["packet-server", "ControlChannel", "IOLoop"]
+        ),
         .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
     ],
     swiftLanguageModes: [.v6]
