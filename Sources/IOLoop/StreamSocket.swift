@@ -180,8 +180,10 @@ public class StreamSocket: SocketCompletionTarget {
     /// The bytes read (all of them, or those before an error) are marked valid. Precondition:
     /// `count <= buffer.freeSpace`.
     public func asyncRead(exactly count: Int, into buffer: IOBuffer, _ handler: @escaping TransferHandler) {
-        precondition(count >= 0 && count <= buffer.freeSpace, "asyncRead(exactly: \(count)) into an IOBuffer "
-            + "with \(buffer.freeSpace) bytes free")
+        precondition(
+            count >= 0 && count <= buffer.freeSpace,
+            "asyncRead(exactly: \(count)) into an IOBuffer "
+                + "with \(buffer.freeSpace) bytes free")
         startRead(
             UnsafeMutableRawBufferPointer(rebasing: buffer.writableTail[0..<count]), exactly: true, target: buffer,
             handler)

@@ -430,6 +430,31 @@ struct StreamSocketTests {
         #expect(server.accepted == n)
     }
 
+    @Test func serviceShutdownDropsPendingHandlersUncalled() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let acceptor = try UnixStreamAcceptor(io, path: dir.file("sd.sock"))
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let udp = try UDPSocket(io, port: 0)
+        let buf = RawBuffer(8)
+        var called = 0
+        acceptor.asyncAccept { _ in called += 1 }
+        a.asyncReadSome(into: buf.buffer) { _, _ in called += 1 }
+        udp.asyncReceiveFrom(into: buf.buffer) { _, _, _ in called += 1 }
+        // One completion already queued, too.
+        b.asyncWrite([1]) { _, _ in called += 1 }
+        #expect(io.outstandingWork == 4)
+        weak let weakA = a
+        io.shutdown()
+        #expect(io.outstandingWork == 0)
+        #expect(try io.run() == 0)
+        #expect(called == 0)
+        // The pending read no longer keeps its socket alive once the service dropped it.
+        _ = consume a
+        #expect(weakA == nil)
+        _ = (b, udp, acceptor)
+    }
+
     @Test func secondReadIsAPreconditionFailure() async {
         await #expect(processExitsWith: .failure) {
             let io = try IOService()
