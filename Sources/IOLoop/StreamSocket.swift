@@ -118,6 +118,21 @@ public class StreamSocket: SocketCompletionTarget {
         writeWatcher.deallocate()
     }
 
+    /// Takes ownership of an open, connected stream descriptor (e.g. from socket activation or `socketpair`),
+    /// switching it to non-blocking mode. An open socket is closed first.
+    ///
+    /// - Throws: `IOError` from `fcntl` (e.g. `EBADF`); the descriptor is not taken then.
+    /// Precondition: no operation pending. Asio: `assign(protocol, native_handle)`.
+    public func assign(_ descriptor: Int32) throws {
+        precondition(readState == .idle && writeState == .idle, "assign on a socket with a pending operation")
+        let flags = fcntl(descriptor, F_GETFL)
+        guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw IOError.lastErrno("fcntl O_NONBLOCK on fd \(descriptor)")
+        }
+        closeDescriptorOnly()
+        attach(descriptor)
+    }
+
     /// Whether the socket has a descriptor. Asio: `is_open()`.
     public var isOpen: Bool { nativeHandle >= 0 }
 
