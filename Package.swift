@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
         // Thin shim over the system libev (Debian libev-dev): static inline wrappers for macros only.
@@ -35,6 +36,15 @@ let package = Package(
         ),
         // Socket benchmarks (compare with Benchmarks/c/libev_bench.c): swift run -c release SocketBench bulk|conn
         .executableTarget(name: "SocketBench", dependencies: ["IOLoop"], path: "Benchmarks/SocketBench"),
+        .executableTarget(
+            name: "packet-server",
+            dependencies: [
+                "IOLoop",
+                "ControlChannel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
         .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
     ],

@@ -56,6 +56,9 @@ public final class SignalSet {
     /// The signals currently in the set.
     public var signals: Set<Int32> { core.signals }
 
+    /// Signals that arrived while no wait was pending and are not yet delivered.
+    public var queuedCount: Int { core.queuedCount }
+
     /// Waits for the next signal: `handler` gets `.success(signalNumber)`, or `.failure(operationAborted)`
     /// after `cancel()`. Counts as outstanding work while pending. Asio: `async_wait`.
     public func asyncWait(_ handler: @escaping (Result<Int32, IOError>) throws -> Void) {
@@ -75,6 +78,7 @@ final class SignalSetCore: @unchecked Sendable {
     let service: IOService
     private(set) var signals: Set<Int32> = []
     private var queued: [Int32] = []
+    var queuedCount: Int { queued.count }
     private var waits: [(Result<Int32, IOError>) throws -> Void] = []
 
     init(service: IOService) {
@@ -178,6 +182,11 @@ final class SignalOwner: @unchecked Sendable {
     }
 
     private func threadMain() {
+        // Threads inherit their creator's mask, and a Dispatch worker blocks most signals: this thread
+        // must accept every signal it owns, whoever created it.
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
         // Lives for the rest of the process; the async watcher keeps ev_run from returning.
         while true { ev_run(loop, 0) }
     }

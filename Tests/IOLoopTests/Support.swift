@@ -20,3 +20,30 @@ final class IdleReadable {
 
     deinit { watcher.deallocate() }
 }
+
+/// Completes once when `fd` becomes readable, through the service's queue (like a read operation).
+final class ReadableOnce {
+    let io: IOService
+    let watcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
+    let onReadable: () -> Void
+
+    init(_ io: IOService, fd: Int32, _ onReadable: @escaping () -> Void) {
+        self.io = io
+        self.onReadable = onReadable
+        ioloop_ev_io_init(
+            watcher,
+            { loop, w, _ in
+                let me = Unmanaged<ReadableOnce>.fromOpaque(w!.pointee.data).takeUnretainedValue()
+                ev_io_stop(loop, w)
+                me.io.enqueue(.handler(me.onReadable))
+            }, fd, Int32(EV_READ))
+        watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        io.beginWork()
+        io.start(watcher)
+    }
+
+    deinit {
+        io.stop(watcher)
+        watcher.deallocate()
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import Testing
+
+@testable import IOLoop
+
+@Suite("Timers")
+struct TimerTests {
+    @Test func tenThousandTimersNeverFireEarly() throws {
+        let io = try IOService()
+        var early = 0
+        var fired = 0
+        var rng = SystemRandomNumberGenerator()
+        var timers: [SteadyTimer] = []
+        for _ in 0..<10_000 {
+            let t = SteadyTimer(io, expiresAfter: .microseconds(Int.random(in: 0...50_000, using: &rng)))
+            let deadline = t.expiry
+            t.asyncWait { error in
+                #expect(error == nil)
+                if SteadyInstant.now() < deadline { early += 1 }
+                fired += 1
+            }
+            timers.append(t)
+        }
+        #expect(try io.run() == 10_000)
+        #expect(fired == 10_000)
+        #expect(early == 0)
+    }
+
+    @Test func cancelGivesOperationAbortedExactlyOnce() throws {
+        let io = try IOService()
+        let t = SteadyTimer(io, expiresAfter: .seconds(60))
+        var results: [IOError?] = []
+        t.asyncWait { results.append($0) }
+        t.asyncWait { results.append($0) }
+        #expect(t.cancel() == 2)
+        #expect(t.cancel() == 0)
+        #expect(results.isEmpty)  // never inline
+        #expect(try io.run() == 2)
+        #expect(results.count == 2)
+        #expect(results.allSatisfy { $0 == .operationAborted })
+    }
+
+    @Test func rearmAbortsOldWait() throws {
+        let io = try IOService()
+        let t = SteadyTimer(io, expiresAfter: .seconds(60))
+        var log: [String] = []
+        t.asyncWait { log.append($0 == nil ? "first-expired" : "first-aborted") }
+        #expect(t.expires(after: .milliseconds(1)) == 1)
+        t.asyncWait { log.append($0 == nil ? "second-expired" : "second-aborted") }
+        try io.run()
+        #expect(log == ["first-aborted", "second-expired"])
+    }
+
+    @Test func waitOnExpiredTimerCompletesThroughQueue() throws {
+        let io = try IOService()
+        let t = SteadyTimer(io)
+        var done = false
+        t.asyncWait { _ in done = true }
+        #expect(!done)
+        #expect(try io.poll() == 1)
+        #expect(done)
+    }
+
+    @Test func pendingTimerIsWork() throws {
+        let io = try IOService()
+        let t = SteadyTimer(io, expiresAfter: .milliseconds(20))
+        let start = SteadyInstant.now()
+        t.asyncWait { _ in }
+        #expect(try io.run() == 1)
+        #expect(SteadyInstant.now() - start >= .milliseconds(20))
+    }
+
+    @Test func oneMillionPendingTimers() throws {
+        let io = try IOService()
+        let base = SteadyInstant.now()
+        var timers: [SteadyTimer] = []
+        timers.reserveCapacity(1_000_000)
+        var fired = 0
+        var lastDeadline = SteadyInstant.distantPast
+        var outOfOrder = 0
+        for i in 0..<1_000_000 {
+            let t = SteadyTimer(io)
+            // Spread over 200 ms, inserted in a scrambled order.
+            t.expires(at: base + .microseconds((i &* 7919) % 200_000))
+            let d = t.expiry
+            t.asyncWait { error in
+                fired += 1
+                guard error == nil else { return }  // the cancelled tenth completes first, aborted
+                if d < lastDeadline { outOfOrder += 1 }
+                lastDeadline = d
+            }
+            timers.append(t)
+        }
+        // Cancel every tenth one: O(log n) removal from the middle of the heap.
+        var cancelled = 0
+        for i in stride(from: 0, to: timers.count, by: 10) { cancelled += timers[i].cancel() }
+        #expect(cancelled == 100_000)
+        try io.run()
+        #expect(fired == 1_000_000)
+        #expect(outOfOrder == 0)
+    }
+
+    @Test func repeatingIntervalTimerFiresExpectedCount() throws {
+        let io = try IOService()
+        let timer = IntervalTimer(io)
+        var ticks: [SteadyInstant] = []
+        let start = SteadyInstant.now()
+        try timer.setup(
+            {
+                ticks.append(.now())
+                if ticks.count == 5 { timer.cancel() }
+            }, interval: .milliseconds(10), mode: .repeating)
+        #expect(timer.interval == .milliseconds(10))
+        try io.run()
+        #expect(ticks.count == 5)
+        // Never early: the n-th tick is at least n intervals after setup.
+        for (n, t) in ticks.enumerated() {
+            #expect(t - start >= .milliseconds(10 * (n + 1)))
+        }
+        #expect(timer.interval == nil)
+    }
+
+    @Test func oneShotIntervalTimerFiresOnce() throws {
+        let io = try IOService()
+        let timer = IntervalTimer(io)
+        var count = 0
+        try timer.setup({ count += 1 }, interval: .milliseconds(5), mode: .oneShot)
+        try io.run()
+        #expect(count == 1)
+    }
+
+    @Test func intervalZeroRejectedAndCancelIdempotent() throws {
+        let io = try IOService()
+        let timer = IntervalTimer(io)
+        #expect(throws: IOError.self) { try timer.setup({}, interval: .zero) }
+        timer.cancel()
+        timer.cancel()
+        #expect(io.outstandingWork == 0)
+    }
+
+    @Test func noCallbackAfterCancelEvenIfQueued() throws {
+        let io = try IOService()
+        let timer = IntervalTimer(io)
+        var count = 0
+        try timer.setup({ count += 1 }, interval: .milliseconds(1), mode: .repeating)
+        // Let it expire and queue its callback without running it, then cancel.
+        let g = WorkGuard(io)
+        let deadline = SteadyInstant.now() + .milliseconds(5)
+        while SteadyInstant.now() < deadline {}
+        #expect(try io.poll(maxHandlers: 0) == 0)
+        timer.cancel()
+        try io.poll()
+        #expect(count == 0)
+        g.reset()
+    }
+}
