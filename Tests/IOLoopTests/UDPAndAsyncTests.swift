@@ -265,6 +265,21 @@ struct AsyncSocketTests {
         #expect(outcome.values == [4, 1])
     }
 
+    @Test func assumeIsolatedInsidePlainHandler() throws {
+        let io = try IOService()
+        let client = LoopClient(io)
+        let ran = Counter()
+        io.post {
+            // A plain handler is on the loop thread, so the runtime's checkIsolated() accepts it.
+            client.assumeIsolated { isolated in
+                isolated.assertOnLoop()
+                ran.bump()
+            }
+        }
+        try io.run()
+        #expect(ran.count == 1)
+    }
+
     @Test func executorIdentity() throws {
         let io = try IOService()
         let other = try IOService()
