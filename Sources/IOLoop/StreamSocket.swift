@@ -175,7 +175,7 @@ public class StreamSocket: SocketCompletionTarget {
 
     /// Reads at least one byte into the free space of `buffer` and marks it valid (`buffer.count` grows).
     ///
-    /// Same completions as ``asyncReadSome(into:_:)-(UnsafeMutableRawBufferPointer,_)``; the socket retains
+    /// Same completions as the raw-buffer variant; the socket retains
     /// `buffer` until the handler runs. Precondition: `buffer.freeSpace > 0`, no other read pending.
     public func asyncReadSome(into buffer: IOBuffer, _ handler: @escaping TransferHandler) {
         precondition(buffer.freeSpace > 0, "asyncReadSome into a full IOBuffer (capacity \(buffer.capacity))")

@@ -59,3 +59,15 @@ final class RawBuffer {
     var bytes: [UInt8] { Array(buffer) }
     func prefix(_ n: Int) -> [UInt8] { Array(buffer[0..<n]) }
 }
+
+/// Raises the soft descriptor limit towards `wanted` (never above the hard limit); returns the new soft limit.
+func raiseDescriptorLimit(to wanted: Int) -> Int {
+    var limit = rlimit()
+    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    if limit.rlim_cur < rlim_t(wanted) {
+        limit.rlim_cur = min(rlim_t(wanted), limit.rlim_max)
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
+    return Int(limit.rlim_cur)
+}

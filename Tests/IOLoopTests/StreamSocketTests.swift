@@ -402,6 +402,8 @@ struct StreamSocketTests {
         let dir = TempDir()
         let path = dir.file("k.sock")
         let n = 1000
+        // Two descriptors per connection, plus what the other tests running in parallel hold.
+        #expect(raiseDescriptorLimit(to: 4096) >= 2 * n + 256, "RLIMIT_NOFILE hard limit too low for this test")
         let acceptor = try UnixStreamAcceptor(io, path: path, options: UnixAcceptorOptions(backlog: 128))
         let server = EchoServer<UnixStreamSocket>(stopAfter: n) { acceptor.asyncAccept($0) }
         server.start()
