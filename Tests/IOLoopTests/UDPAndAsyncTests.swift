@@ -132,6 +132,27 @@ actor LoopClient {
         return (first, n)
     }
 
+    func writeBigToPair() async throws {
+        try await pair!.0.write([UInt8](repeating: 3, count: 8 << 20))
+    }
+
+    /// Cancels a write that can't finish (nobody reads): it aborts with the partial count in its context.
+    func cancelledWrite() async throws -> IOError? {
+        pair = try UnixStreamSocket.pair(service)
+        let writer = Task(executorPreference: service) { try await self.writeBigToPair() }
+        while !pair!.0.writePending { await Task.yield() }
+        // Let the loop see the socket is full at least once.
+        try await SteadyTimer(service, expiresAfter: .milliseconds(2)).wait()
+        writer.cancel()
+        do {
+            try await writer.value
+            return nil
+        } catch let e as IOError {
+            precondition(pair!.0.isOpen && !pair!.0.writePending, "write still pending after cancellation")
+            return e
+        }
+    }
+
     func acceptOnce() async throws {
         try await acceptor!.accept().close()
     }
@@ -263,6 +284,41 @@ struct AsyncSocketTests {
         }
         try io.run(for: .seconds(10))
         #expect(outcome.values == [4, 1])
+    }
+
+    @Test func taskCancellationAbortsPendingWrite() throws {
+        let io = try IOService()
+        let client = LoopClient(io)
+        let work = io.makeWorkGuard()
+        let outcome = Recorder<String>()
+        Task(executorPreference: io) {
+            defer { work.reset() }
+            let e = try await client.cancelledWrite()
+            outcome.append("\(e?.code == .operationAborted) \(e?.context.contains("after") == true)")
+        }
+        try io.run(for: .seconds(10))
+        #expect(outcome.values == ["true true"])
+    }
+
+    @Test func asyncCallsFromAnotherThreadStartThroughPost() async throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let buffer = RawBuffer(8)
+        let objects = LoopBound(value: (a, b, buffer))
+        let work = io.makeWorkGuard()
+        let finished = DispatchSemaphore(value: 0)
+        let loop = Thread {
+            _ = try? io.run()
+            finished.signal()
+        }
+        loop.start()
+        // This task is not on the loop thread: each operation is started through post.
+        try await objects.value.0.write([1, 2, 3], isolation: nil)
+        let n = try await objects.value.1.read(into: objects.value.2.buffer, isolation: nil)
+        #expect(n == 3)
+        #expect(objects.value.2.prefix(3) == [1, 2, 3])
+        work.reset()
+        #expect(finished.wait(timeout: .now() + 5) == .success)
     }
 
     @Test func assumeIsolatedInsidePlainHandler() throws {
