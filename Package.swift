@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
         // Thin shim over the system libev (Debian libev-dev): static inline wrappers for macros only.
@@ -33,8 +34,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(
+            name: "ioloop-ctl",
+            dependencies: ["ControlChannel", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
-        .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
+        .testTarget(
+            name: "ControlChannelTests",
+            dependencies: ["ControlChannel", "IOLoop", .product(name: "Logging", package: "swift-log")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
