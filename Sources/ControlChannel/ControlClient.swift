@@ -182,7 +182,9 @@ public final class ControlClient: Sendable {
     }
 
     /// Sends `bytes` as they are (normally one JSON map) and returns the answer. See ``send(_:arguments:service:timeout:)``.
-    public func send(raw bytes: [UInt8], timeout: Duration? = nil) async throws(ControlClientError)
+    public func send(
+        raw bytes: [UInt8], timeout: Duration? = nil
+    ) async throws(ControlClientError)
         -> ControlClientResponse
     {
         let service = ControlClientLoop.shared.service
@@ -220,7 +222,9 @@ public final class ControlClient: Sendable {
     }
 
     /// Sends `bytes` as they are and waits for the answer, blocking the calling thread.
-    public func sendBlocking(raw bytes: [UInt8], timeout: Duration? = nil) throws(ControlClientError)
+    public func sendBlocking(
+        raw bytes: [UInt8], timeout: Duration? = nil
+    ) throws(ControlClientError)
         -> ControlClientResponse
     {
         let service: IOService
@@ -418,7 +422,8 @@ final class ControlExchange {
             if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
                 detail = "\(path) is \(Self.kind(st.st_mode & S_IFMT)), not a socket"
             } else {
-                detail = "a socket file exists but no server accepts connections on it (a stale socket "
+                detail =
+                    "a socket file exists but no server accepts connections on it (a stale socket "
                     + "left by a server that exited?)"
             }
             return .connectionRefused(path: path, detail: detail)

@@ -59,7 +59,8 @@ struct IOLoopCtl: ParsableCommand {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("Add a service to the command's 'service' list (for kea-ctrl-agent); repeatable.",
+        help: ArgumentHelp(
+            "Add a service to the command's 'service' list (for kea-ctrl-agent); repeatable.",
             valueName: "name"))
     var service: [String] = []
 

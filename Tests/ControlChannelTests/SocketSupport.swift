@@ -6,6 +6,7 @@ import Foundation
 import Glibc
 import IOLoop
 import Logging
+import Synchronization
 import Testing
 
 @testable import ControlChannel
@@ -149,8 +150,6 @@ final class ServerHarness: @unchecked Sendable {
     }
 }
 
-import Synchronization
-
 /// A blocking POSIX UNIX-socket client with 10 s send/receive timeouts (a hang fails the test instead).
 final class RawClient: @unchecked Sendable {
     let fd: Int32
@@ -187,7 +186,9 @@ final class RawClient: @unchecked Sendable {
     func send(_ bytes: [UInt8]) -> Int32? {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            }
             if n < 0 {
                 if errno == EINTR { continue }
                 return errno
@@ -252,7 +253,9 @@ func exchange(_ path: String, _ text: String, sourceLocation: SourceLocation = #
 }
 
 /// The parsed answer of an exchange.
-func exchangeJSON(_ path: String, _ text: String, sourceLocation: SourceLocation = #_sourceLocation) throws
+func exchangeJSON(
+    _ path: String, _ text: String, sourceLocation: SourceLocation = #_sourceLocation
+) throws
     -> JSONValue
 {
     try JSONParser.parse(try exchange(path, text, sourceLocation: sourceLocation))
@@ -265,11 +268,16 @@ func errorAnswerText(_ text: String) -> String {
 // MARK: Child processes
 
 /// A child process whose output goes to files; killed (by PID) and reaped by `stop()`, also on failure.
+///
+/// Spawned with `posix_spawn` and an empty signal mask with default dispositions: test threads (Dispatch and
+/// Swift concurrency workers) block most signals, and a child inherits the mask — a Kea server spawned with
+/// SIGTERM blocked would never see its stop signal.
 final class ChildProcess: @unchecked Sendable {
-    let process = Process()
+    let pid: pid_t
     let stdoutPath: String
     let stderrPath: String
-    private let stdinPipe = Pipe()
+    private var stdinFD: Int32
+    private var status: Int32?
 
     init(
         _ executable: String, _ arguments: [String], environment: [String: String]? = nil, in dir: TempDir,
@@ -277,43 +285,93 @@ final class ChildProcess: @unchecked Sendable {
     ) throws {
         stdoutPath = dir.file("\(label).out")
         stderrPath = dir.file("\(label).err")
-        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { throw TestError(description: "pipe: \(errno)") }
+        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        stdinFD = pipeFDs[1]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipeFDs[0], 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment ?? [:] { env[k] = v }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in argv { free(p) }
+            for p in envp { free(p) }
         }
-        process.standardInput = stdinPipe
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
-        try process.run()
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, envp)
+        close(pipeFDs[0])
+        guard rc == 0 else {
+            close(stdinFD)
+            throw TestError(description: "posix_spawn \(executable): errno \(rc)")
+        }
+        pid = child
     }
 
-    var pid: pid_t { process.processIdentifier }
+    deinit { stop() }
 
-    func writeStdin(_ text: String) { stdinPipe.fileHandleForWriting.write(Data(text.utf8)) }
-    func closeStdin() { try? stdinPipe.fileHandleForWriting.close() }
+    func writeStdin(_ text: String) {
+        _ = Array(text.utf8).withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
+    }
 
-    /// Waits for the exit; returns the status, or nil if it did not exit within `timeout`.
+    func closeStdin() {
+        if stdinFD >= 0 {
+            close(stdinFD)
+            stdinFD = -1
+        }
+    }
+
+    /// Whether the process has not exited yet (reaps it once it has).
+    var isRunning: Bool {
+        if status != nil { return false }
+        var raw: Int32 = 0
+        let r = waitpid(pid, &raw, WNOHANG)
+        if r == pid {
+            // WIFEXITED: the low 7 bits are 0; then the status is bits 8...15. Signalled: 128 + signal.
+            status = raw & 0x7F == 0 ? (raw >> 8) & 0xFF : 128 + (raw & 0x7F)
+            return false
+        }
+        return r == 0
+    }
+
+    /// Waits for the exit; returns the status (128 + N if killed by signal N), or nil after `timeout`.
     func wait(_ timeout: Duration = .seconds(10)) -> Int32? {
-        guard waitUntil(timeout, { !process.isRunning }) else { return nil }
-        return process.terminationStatus
+        guard waitUntil(timeout, { !isRunning }) else { return nil }
+        return status
     }
 
     var stdout: String { (try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "" }
     var stdoutBytes: [UInt8] { Array(FileManager.default.contents(atPath: stdoutPath) ?? Data()) }
     var stderr: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
 
-    /// SIGTERM by PID, then SIGKILL if it is still running after 5 s; always reaps.
-    func stop() {
+    /// SIGTERM by PID, then SIGKILL if it is still running after 5 s; always reaps. Returns whether SIGTERM
+    /// was enough.
+    @discardableResult
+    func stop() -> Bool {
         closeStdin()
-        guard process.isRunning else { return }
+        guard isRunning else { return true }
         kill(pid, SIGTERM)
         if wait(.seconds(5)) == nil {
             kill(pid, SIGKILL)
             _ = wait(.seconds(5))
+            return false
         }
+        return true
     }
 }
 
@@ -344,8 +402,10 @@ func findExecutable(_ names: String...) -> String? {
 
 /// The built `ioloop-ctl`, next to the test bundle (e.g. .build/debug/ioloop-ctl).
 func ioloopCtlPath() -> String? {
-    var dir = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        ?? CommandLine.arguments[0]).deletingLastPathComponent()
+    var dir = URL(
+        fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
+    ).deletingLastPathComponent()
     for _ in 0..<4 {
         let candidate = dir.appendingPathComponent("ioloop-ctl").path
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
