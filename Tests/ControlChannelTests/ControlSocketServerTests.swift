@@ -346,6 +346,15 @@ struct ControlSocketServerTests {
         #expect(try exchangeJSON(s.path, #"{"command": "echo", "arguments": [[[[]]]]}"#)["result"] == 0)
     }
 
+    @Test func configuredDepthAboveTheManagersDefaultIsHonoured() throws {
+        let h = try ServerHarness(configure: { $0.maxDepth = 200 })
+        defer { h.stop() }
+        let deep =
+            #"{"command": "echo", "arguments": "# + String(repeating: "[", count: 150)
+            + String(repeating: "]", count: 150) + "}"
+        #expect(try JSONParser.parse(try exchange(h.path, deep), maxDepth: 300)["result"] == 0)
+    }
+
     @Test func depthOneMillion() throws {
         let h = try ServerHarness()
         defer { h.stop() }
