@@ -230,6 +230,9 @@ public final class IOService: @unchecked Sendable {
         owner.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
     }
 
+    /// The version of the system libev this process runs with, e.g. "4.33".
+    public static var libevVersion: String { "\(ev_version_major()).\(ev_version_minor())" }
+
     /// Current outstanding work (queued handlers + pending operations + work guards). For diagnostics.
     public var outstandingWork: Int { outstanding.load(ordering: .relaxed) }
 

@@ -108,7 +108,8 @@ func handlePacket(_ request: UnsafeRawBufferPointer, reply: UnsafeMutableRawBuff
         let expected = PacketFormat.address(for: clientID)
         var requested: UInt32 = 0
         if payload.count >= 4 {
-            requested = UInt32(payload[0]) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8
+            requested =
+                UInt32(payload[0]) << 24 | UInt32(payload[1]) << 16 | UInt32(payload[2]) << 8
                 | UInt32(payload[3])
         }
         let granted = payload.count >= 4 && requested == expected
@@ -116,8 +117,10 @@ func handlePacket(_ request: UnsafeRawBufferPointer, reply: UnsafeMutableRawBuff
         return .reply(granted ? .ack : .nak, putAddress(expected))
     case .echo:
         reply[3] = PacketType.echoReply.rawValue
-        UnsafeMutableRawBufferPointer(rebasing: reply[PacketFormat.headerSize..<PacketFormat.headerSize + payload.count])
-            .copyMemory(from: payload)
+        UnsafeMutableRawBufferPointer(
+            rebasing: reply[PacketFormat.headerSize..<PacketFormat.headerSize + payload.count]
+        )
+        .copyMemory(from: payload)
         return .reply(.echoReply, PacketFormat.headerSize + payload.count)
     case .offer, .ack, .nak, .echoReply:
         return .unknown(typeByte)

@@ -25,7 +25,7 @@ final class WorkerPool: @unchecked Sendable {
     private var stopping = false
     private var busy = 0
     private var parked = 0
-    private var threads: [Thread] = []
+    private var workers: [Thread] = []
     private var exited = 0
     let capacity: Int
     let threadCount: Int
@@ -43,9 +43,9 @@ final class WorkerPool: @unchecked Sendable {
         for i in 0..<threads {
             let t = Thread { [unowned self] in self.workerMain() }
             t.name = "packet-worker-\(i)"
-            threads.append(t)
+            workers.append(t)
         }
-        for t in threads { t.start() }
+        for t in workers { t.start() }
     }
 
     /// Queues a datagram; false when the queue is full (the caller counts the drop).
