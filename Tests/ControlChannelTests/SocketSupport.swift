@@ -41,6 +41,17 @@ func waitUntil(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) -> B
     return condition()
 }
 
+/// `waitUntil` for async tests: polls without blocking a cooperative thread (a blocked one could be the one
+/// the awaited work needs).
+func eventually(_ timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(1))
+    }
+    return condition()
+}
+
 /// A ControlSocketServer whose IOService runs on a background thread, kept alive by a WorkGuard.
 ///
 /// Built-in test commands: `echo` (answers its arguments), `big` (`{"size": N}` → an answer carrying N
