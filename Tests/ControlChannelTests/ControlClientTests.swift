@@ -252,6 +252,20 @@ struct ControlClientTests {
         #expect(listener.waitServed())
     }
 
+    @Test func hearsAnEarlyAnswerWhileStillWriting() async throws {
+        let h = try ServerHarness(configure: { $0.maxCommandSize = 1000 })
+        defer { h.stop() }
+        let client = ControlClient(socketPath: h.path, timeout: .seconds(10))
+        // The server answers after 1000 bytes and closes while the client is still writing 4 MiB.
+        let tooLarge = try await client.send(
+            "echo", arguments: ["pad": .string(String(repeating: "p", count: 4 << 20))])
+        #expect(tooLarge.answer == .error("command too large: more than 1000 bytes"))
+        let deep = try await client.send(raw: Array(repeating: UInt8(ascii: "["), count: 1_000_000))
+        #expect(deep.answer == .error("nesting too deep: more than 100 levels of lists and maps"))
+        let blocking = try client.sendBlocking(raw: Array("utter nonsense".utf8))
+        #expect(blocking.answer == .error("invalid first character u"))
+    }
+
     @Test func cancellationClosesTheConnection() async throws {
         let h = try ServerHarness()
         defer { h.stop() }

@@ -307,6 +307,28 @@ struct ControlSocketServerTests {
         #expect(!String(decoding: bytes.suffix(200), as: UTF8.self).contains("timed out"))
     }
 
+    @Test func writeTimeoutMeasuresProgressNotTotalTime() throws {
+        let h = try ServerHarness(configure: { $0.writeTimeout = .milliseconds(250) })
+        defer { h.stop() }
+        let size = 1 << 20
+        let c = try RawClient(h.path)
+        c.send(#"{"command": "big", "arguments": {"size": \#(size)}}"#)
+        // A slow but steady reader: 64 KiB every 60 ms takes about 1 s in all, longer than the write timeout,
+        // but never 250 ms without progress. (Pacing, not synchronization.)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(c.fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            received.append(contentsOf: buffer[0..<n])
+            usleep(60_000)
+        }
+        #expect(
+            received
+                == ControlAnswer.success(arguments: ["data": .string(String(repeating: "x", count: size))]).serialized()
+        )
+    }
+
     // MARK: §4 limits
 
     @Test func sizeLimit() throws {
