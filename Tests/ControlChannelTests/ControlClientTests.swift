@@ -3,6 +3,7 @@
 import Foundation
 import Glibc
 import IOLoop
+import Synchronization
 import Testing
 
 @testable import ControlChannel
@@ -264,6 +265,36 @@ struct ControlClientTests {
         #expect(deep.answer == .error("nesting too deep: more than 100 levels of lists and maps"))
         let blocking = try client.sendBlocking(raw: Array("utter nonsense".utf8))
         #expect(blocking.answer == .error("invalid first character u"))
+    }
+
+    @Test func connectRetriesWhileTheListenersBacklogIsFull() async throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let path = dir.file("backlog.sock")
+        let listener = try RawListener(path, listen: 1)
+        let client = ControlClient(socketPath: path, timeout: .seconds(20))
+        let answer = #"{"result": 0, "text": "served"}"#
+        let count = 20
+        let sends = Task {
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<count { group.addTask { try await client.send("x").answer.result } }
+                return try await group.reduce(0) { $0 + ($1 == 0 ? 1 : 0) }
+            }
+        }
+        // A plain thread serves them one by one (the test's own task must not block a cooperative thread).
+        let served = Atomic<Int>(0)
+        let server = Thread {
+            for _ in 0..<count {
+                listener.serveOnce { fd in
+                    drainCommand(fd)
+                    _ = write(fd, answer, answer.utf8.count)
+                }
+                if listener.waitServed() { served.add(1, ordering: .relaxed) }
+            }
+        }
+        server.start()
+        #expect(try await sends.value == count)
+        #expect(await eventually { served.load(ordering: .relaxed) == count })
     }
 
     @Test func cancellationClosesTheConnection() async throws {
