@@ -293,6 +293,8 @@ final class ControlConnection {
     /// Answers go out in pieces of this size (about a UNIX socket's send buffer), so the write timeout
     /// measures progress, not the time to send the whole answer.
     private static let writeChunk = 1 << 16
+    /// At most this much unread input is drained before the close.
+    private static let maxDrain = 1 << 20
 
     init(server: ControlSocketServer, socket: UnixStreamSocket, config: ControlSocketConfig) {
         self.server = server
@@ -479,8 +481,14 @@ final class ControlConnection {
         suspendTimer()
         if socket.isOpen {
             try? socket.shutdown(.write)
-            var scratch = [UInt8](repeating: 0, count: 4096)
-            while recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
+            // Bounded, so a client that keeps streaming cannot hold the loop thread here.
+            var scratch = [UInt8](repeating: 0, count: 65536)
+            var drained = 0
+            while drained < Self.maxDrain {
+                let n = recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
+                if n <= 0 { break }
+                drained += n
+            }
             socket.close()
         }
         server?.connectionClosed(self)

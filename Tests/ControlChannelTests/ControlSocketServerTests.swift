@@ -3,6 +3,7 @@
 import Foundation
 import Glibc
 import IOLoop
+import Synchronization
 import Testing
 
 @testable import ControlChannel
@@ -217,6 +218,33 @@ struct ControlSocketServerTests {
         #expect(error == nil, "the client saw errno \(error ?? 0) instead of EOF")
         #expect(String(decoding: bytes, as: UTF8.self) == #"{"arguments":{},"result":0,"text":"counted"}"#)
         #expect(try h.onLoop { h.calls["count"] } == 1)
+    }
+
+    @Test func aClientThatKeepsStreamingCannotPinTheLoop() throws {
+        let h = try ServerHarness()
+        defer { h.stop() }
+        let flood = try RawClient(h.path)
+        let stop = Atomic<Bool>(false)
+        let sent = Atomic<Int>(0)
+        let writer = Thread {
+            // An invalid first character, then bytes as fast as the socket takes them, for at most 5 s.
+            let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 65536)
+            let end = ContinuousClock.now + .seconds(5)
+            while !stop.load(ordering: .relaxed) && ContinuousClock.now < end {
+                if flood.send(chunk) != nil { break }
+                sent.add(chunk.count, ordering: .relaxed)
+            }
+            stop.store(true, ordering: .relaxed)
+        }
+        writer.start()
+        defer { stop.store(true, ordering: .relaxed) }
+        // Far more than the socket buffers hold: the server is reading (draining) the flood by now.
+        #expect(waitUntil { sent.load(ordering: .relaxed) > 8 << 20 || stop.load(ordering: .relaxed) })
+        // The server answers the flood and closes it; meanwhile it keeps serving others promptly.
+        let start = ContinuousClock.now
+        #expect(try exchange(h.path, #"{"command": "count"}"#) == #"{"arguments":{},"result":0,"text":"counted"}"#)
+        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(waitUntil(.seconds(3)) { h.connectionCount == 0 })
     }
 
     @Test func clientEOFBeforeCompleteGetsNoAnswer() throws {
