@@ -474,6 +474,9 @@ struct ControlSocketServerTests {
         #expect(
             try exchange(h.path, #"{"command": "fail"}"#)
                 == errorAnswerText(Self.prefix + "the handler failed"))
+        #expect(
+            try exchange(h.path, #"{"command": "drop"}"#)
+                == errorAnswerText("internal error: the handler of 'drop' finished without an answer"))
         #expect(try exchange(h.path, #"{"command": "utf8"}"#) == #"{"arguments":{},"result":0,"text":"Grüße, 世界 🌍"}"#)
         #expect(
             try exchange(h.path, #"{"command": "echo", "arguments": {"s": "é\u00e9 ☃"}}"#)

@@ -4,6 +4,7 @@
 
 import Foundation
 import Glibc
+import IOLoop
 import Testing
 
 @testable import ControlChannel
@@ -279,6 +280,15 @@ struct InteropTests {
         #expect(bad.answer.result == 1)
         let blocking = try client.sendBlocking("status-get")
         #expect(blocking.answer.arguments["pid"]?.intValue == Int64(kea.child.pid))
+        // Kea holds the same `<socket-name>.lock`: our server refuses its path, naming the lock.
+        do {
+            _ = try ControlSocketServer(
+                service: try IOService(), commandManager: CommandManager(logger: quietLogger),
+                config: ControlSocketConfig(socketName: kea.socketPath), logger: quietLogger)
+            Issue.record("opened over a running kea-dhcp4's socket")
+        } catch {
+            #expect("\(error)".contains(kea.socketPath + ".lock"), "\(error)")
+        }
         // Kea's own framing rule, seen through our client: trailing bytes after the value are ignored.
         let twice = try await client.send(raw: Array(#"{"command": "list-commands"} {"command": "x"}"#.utf8))
         #expect(twice.answer.result == 0)

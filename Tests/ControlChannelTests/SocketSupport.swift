@@ -56,7 +56,7 @@ func eventually(_ timeout: Duration = .seconds(20), _ condition: () -> Bool) asy
 ///
 /// Built-in test commands: `echo` (answers its arguments), `big` (`{"size": N}` → an answer carrying N
 /// bytes of string), `count` (counts its calls), `later` (`{"ms": N}`: async, answers after a timer), `never`
-/// (async, keeps its responder and never answers), `fail` (throws), `result` (`{"result": N}` → that result),
+/// (async, keeps its responder and never answers), `drop` (async, drops its responder unanswered), `fail` (throws), `result` (`{"result": N}` → that result),
 /// `utf8` (answers a non-ASCII text).
 final class ServerHarness: @unchecked Sendable {
     let dir: TempDir
@@ -122,6 +122,7 @@ final class ServerHarness: @unchecked Sendable {
             timer.asyncWait { _ in responder.respond(ControlAnswer.success("answered later")) }
         }
         try manager.registerAsyncCommand("never") { [self] _, _, _, responder in keptResponders.append(responder) }
+        try manager.registerAsyncCommand("drop") { _, _, _, _ in }
         try manager.registerCommand("fail") { _, _, _ in throw TestError(description: "the handler failed") }
         try manager.registerCommand("result") { _, args, _ in
             ControlAnswer(result: Int(args?["result"]?.intValue ?? 0), text: "as asked").json
