@@ -45,12 +45,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "ioloop-ctl",
+            dependencies: ["ControlChannel", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
         .testTarget(
             name: "PacketServerTests",
             dependencies: ["packet-server", "ControlChannel", "IOLoop"]
         ),
-        .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
+        .testTarget(
+            name: "ControlChannelTests",
+            dependencies: ["ControlChannel", "IOLoop", .product(name: "Logging", package: "swift-log")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
