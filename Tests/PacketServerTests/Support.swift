@@ -31,7 +31,9 @@ final class ServerProcess: @unchecked Sendable {
     let socketPath: String
     private let outPipe = Pipe()
     private let exited = DispatchSemaphore(value: 0)
-    private(set) var output = ""
+    private let outputLock = NSCondition()
+    private var collected = ""
+    private var outputClosed = false
 
     /// Starts packet-server with `config` written to `<dir>/config.json` (or no config when nil).
     init(config: String?, extraArguments: [String] = [], dir: String = makeTempDir()) throws {
@@ -40,7 +42,8 @@ final class ServerProcess: @unchecked Sendable {
         var args: [String] = []
         if let config {
             let path = dir + "/config.json"
-            try config.replacingOccurrences(of: "$DIR", with: dir).write(toFile: path, atomically: true, encoding: .utf8)
+            try config.replacingOccurrences(of: "$DIR", with: dir).write(
+                toFile: path, atomically: true, encoding: .utf8)
             args += ["-c", path]
         }
         process.executableURL = URL(fileURLWithPath: builtProduct("packet-server"))
@@ -50,6 +53,9 @@ final class ServerProcess: @unchecked Sendable {
         let sem = exited
         process.terminationHandler = { _ in sem.signal() }
         try process.run()
+        // The parent's copy of the write end must go, or the reader never sees EOF.
+        try? outPipe.fileHandleForWriting.close()
+        startReader()
     }
 
     static func standardConfig(threads: Int = 0, extra: String = "") -> String {
@@ -58,28 +64,53 @@ final class ServerProcess: @unchecked Sendable {
             "listen": ["127.0.0.1:0"],
             "control-socket": {"socket-type": "unix", "socket-name": "$DIR/control.sock"},
             "threads": \(threads),
-            "log-level": "debug"\(extra)
+            "log-level": "info"\(extra)
         }}
         """
     }
 
-    /// Reads the child's output until `needle` appears; event-driven (poll on the pipe), bounded by a deadline.
+    /// Waits until `needle` appears in the child's output (collected by a reader thread), bounded by a deadline.
     @discardableResult
     func waitForOutput(_ needle: String, timeout: Duration = .seconds(20)) throws -> String {
-        let fd = outPipe.fileHandleForReading.fileDescriptor
-        let deadline = ContinuousClock.now + timeout
-        while !output.contains(needle) {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { throw TimedOut(what: "'\(needle)' in packet-server output:\n\(output)") }
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ms = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            guard Glibc.poll(&p, 1, ms) > 0 else { continue }
-            var buf = [UInt8](repeating: 0, count: 65536)
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { throw TimedOut(what: "'\(needle)': packet-server closed its output:\n\(output)") }
-            output += String(decoding: buf[0..<n], as: UTF8.self)
+        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        outputLock.lock()
+        defer { outputLock.unlock() }
+        while !collected.contains(needle) {
+            if outputClosed || !outputLock.wait(until: deadline) {
+                if collected.contains(needle) { break }
+                throw TimedOut(what: "'\(needle)' in packet-server output:\n\(collected)")
+            }
         }
-        return output
+        return collected
+    }
+
+    /// Everything the child printed so far.
+    var output: String {
+        outputLock.lock()
+        defer { outputLock.unlock() }
+        return collected
+    }
+
+    /// Drains the child's stdout+stderr continuously: a child blocked on a full pipe would stall its loop.
+    private func startReader() {
+        let fd = outPipe.fileHandleForReading.fileDescriptor
+        let thread = Thread { [self] in
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buf, buf.count)
+                outputLock.lock()
+                if n <= 0 {
+                    outputClosed = true
+                    outputLock.broadcast()
+                    outputLock.unlock()
+                    return
+                }
+                collected += String(decoding: buf[0..<n], as: UTF8.self)
+                outputLock.broadcast()
+                outputLock.unlock()
+            }
+        }
+        thread.start()
     }
 
     /// Waits for the "control socket:" start-up line.
@@ -135,7 +166,9 @@ func controlRoundTrip(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
         for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
     }
     let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
     }
     guard rc == 0 else { throw SocketError(description: "connect \(path): errno \(errno)") }
     var off = 0
