@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
         // Thin shim over the system libev (Debian libev-dev): static inline wrappers for macros only.
@@ -31,6 +32,15 @@ let package = Package(
             dependencies: [
                 "IOLoop",
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "packet-server",
+            dependencies: [
+                "IOLoop",
+                "ControlChannel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),

@@ -1,3 +1,7 @@
-// Intentionally empty: every wrapper is `static inline` in include/CLibev.h. SwiftPM needs one
-// source file to build a C target.
+// The static inline wrappers live in include/CLibev.h. This file holds the few wrappers that need
+// feature macros the Swift importer's view of glibc doesn't have (accept4 needs _GNU_SOURCE).
+#define _GNU_SOURCE
+#include <sys/socket.h>
 #include "CLibev.h"
+
+int ioloop_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }

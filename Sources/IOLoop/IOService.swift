@@ -230,6 +230,9 @@ public final class IOService: @unchecked Sendable {
         owner.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
     }
 
+    /// The version of the system libev this process runs with, e.g. "4.33".
+    public static var libevVersion: String { "\(ev_version_major()).\(ev_version_minor())" }
+
     /// Current outstanding work (queued handlers + pending operations + work guards). For diagnostics.
     public var outstandingWork: Int { outstanding.load(ordering: .relaxed) }
 
@@ -246,8 +249,7 @@ public final class IOService: @unchecked Sendable {
             return
         }
         shared.withLock { $0.handlers.append(handler) }
-        sharedPending.store(true, ordering: .releasing)
-        wake()
+        signalShared()
     }
 
     /// Runs `handler` at once if the calling thread is running this service, else posts it.
@@ -289,8 +291,18 @@ public final class IOService: @unchecked Sendable {
     /// Safe from any thread; used for signal fan-out.
     func postInternal(_ event: @escaping @Sendable () -> Void) {
         shared.withLock { $0.events.append(event) }
-        sharedPending.store(true, ordering: .releasing)
-        wake()
+        signalShared()
+    }
+
+    /// After appending to the shared queue: the first poster since the last drain wakes the loop; later
+    /// ones see the flag set and skip the atomic exchange and the eventfd write. The drain clears the flag
+    /// under the lock before taking the items, so an item appended after a drain always finds it clear.
+    @inline(__always)
+    private func signalShared() {
+        if !sharedPending.load(ordering: .acquiring) {
+            sharedPending.store(true, ordering: .sequentiallyConsistent)
+            wake()
+        }
     }
 
     /// Registers a closure run by `shutdown()` so an I/O object can drop its pending handlers.

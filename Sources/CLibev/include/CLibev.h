@@ -46,6 +46,9 @@ static inline void ioloop_ev_prepare_init(ev_prepare *w, ioloop_ev_prepare_cb cb
 static inline int ioloop_ev_is_active(const void *w) { return ev_is_active((const ev_watcher *)w); }
 static inline int ioloop_ev_is_pending(const void *w) { return ev_is_pending((const ev_watcher *)w); }
 
+/// accept4(fd, NULL, NULL, flags): glibc declares accept4 only under _GNU_SOURCE, so it lives in shim.c.
+int ioloop_accept4(int fd, int flags);
+
 static inline void ioloop_ev_set_priority(void *w, int priority) { ev_set_priority((ev_watcher *)w, priority); }
 
 #endif

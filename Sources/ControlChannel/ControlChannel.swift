@@ -1,1 +1,0 @@
-// ControlChannel: Kea-compatible command manager, JSON framer and control socket over IOLoop.

@@ -1,0 +1,457 @@
+import Foundation
+import Glibc
+import IOLoop
+import Logging
+
+/// A control-socket configuration error, reported before any system call.
+///
+/// Kea counterpart: `isc::config::BadSocketInfo`.
+public struct ControlSocketConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What is wrong, naming the key and the value.
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Where and how the control socket listens: Kea's `control-socket` map plus IOLoop's limits.
+///
+/// Thread contract: a plain value. Kea counterpart: the `control-socket` map of `Dhcp4`.
+public struct ControlSocketConfig: Sendable, Equatable {
+    /// Maximum UNIX socket path length on Linux (`sizeof(sun_path) - 1`).
+    public static let maxPathLength = 107
+
+    /// The socket path, resolved against the working directory when relative.
+    public var socketName: String
+    /// Mode of the socket file, set explicitly after bind (never left to the umask). Default 0600.
+    public var socketMode: mode_t = 0o600
+    /// Inactivity timeout: from accept and after each chunk received, suspended while a command runs.
+    public var inactivityTimeout: Duration = .seconds(10)
+    /// Writing the answer fails after this long without progress.
+    public var writeTimeout: Duration = .seconds(10)
+    /// Largest command accepted, in bytes (default 16 MiB).
+    public var maxCommandSize: Int = JSONFramer.defaultMaxSize
+    /// Deepest nesting accepted (default 100, what current Kea uses).
+    public var maxDepth: Int = JSONFramer.defaultMaxDepth
+
+    /// A configuration for `socketName` with every default.
+    public init(socketName: String) {
+        self.socketName = Self.resolve(socketName)
+    }
+
+    /// Parses a Kea-style map: `{"socket-type": "unix", "socket-name": "/run/app/control.sock"}`.
+    ///
+    /// Also accepted: `socket-mode` (an integer such as `432`, or an octal string such as `"0660"`), Kea's
+    /// `user-context` and `comment`. Errors, each with a clear text: not a map; missing `socket-type`;
+    /// `socket-type` other than `unix` (naming the value); missing or non-string `socket-name`; a resolved path
+    /// longer than 107 bytes (saying the length and the limit); a parent directory that does not exist; an
+    /// unsupported key. Kea counterpart: the checks at the top of `CommandMgr::openCommandSocket`.
+    public init(parsing map: JSONValue) throws(ControlSocketConfigError) {
+        guard case .object(let object) = map else {
+            throw ControlSocketConfigError("control-socket must be a map, got \(map.typeName)")
+        }
+        for key in object.keys
+        where !["socket-type", "socket-name", "socket-mode", "user-context", "comment"].contains(key) {
+            throw ControlSocketConfigError("unsupported parameter '\(key)' in control-socket")
+        }
+        guard let type = object["socket-type"] else {
+            throw ControlSocketConfigError("Mandatory 'socket-type' parameter missing")
+        }
+        guard type.stringValue == "unix" else {
+            let shown = type.stringValue ?? type.serializedString()
+            throw ControlSocketConfigError("Invalid 'socket-type' parameter value \(shown) (only 'unix' is supported)")
+        }
+        guard let name = object["socket-name"] else {
+            throw ControlSocketConfigError("Mandatory 'socket-name' parameter missing")
+        }
+        guard let path = name.stringValue, !path.isEmpty else {
+            throw ControlSocketConfigError(
+                "'socket-name' parameter expected to be a non-empty string, got \(name.typeName)")
+        }
+        self.init(socketName: path)
+        if let mode = object["socket-mode"] {
+            if let i = mode.intValue, (0...0o777).contains(i) {
+                socketMode = mode_t(i)
+            } else if let s = mode.stringValue, let m = mode_t(s, radix: 8), m <= 0o777 {
+                socketMode = m
+            } else {
+                throw ControlSocketConfigError(
+                    "'socket-mode' must be a permission mode such as \"0660\" or 432, got \(mode.serializedString())")
+            }
+        }
+        try validatePath()
+    }
+
+    /// Checks the resolved path's length and its parent directory, before any socket call.
+    public func validatePath() throws(ControlSocketConfigError) {
+        let length = socketName.utf8.count
+        guard length <= Self.maxPathLength else {
+            throw ControlSocketConfigError(
+                "'socket-name' is invalid: resolved path '\(socketName)' is \(length) bytes long, "
+                    + "the limit is \(Self.maxPathLength)")
+        }
+        let parent = (socketName as NSString).deletingLastPathComponent
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: parent.isEmpty ? "/" : parent, isDirectory: &isDirectory),
+            isDirectory.boolValue
+        else {
+            throw ControlSocketConfigError(
+                "'socket-name' is invalid: parent directory '\(parent)' of '\(socketName)' does not exist")
+        }
+    }
+
+    static func resolve(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        return FileManager.default.currentDirectoryPath + "/" + path
+    }
+}
+
+/// Kea's UNIX control socket: one JSON command per connection, answered by a `CommandManager`.
+///
+/// Behaviour (normative text: `../shared/spec/control-channel.md`):
+/// - Opens with a lock file `<socket-name>.lock` (flock; a second instance fails naming it), reclaims a stale
+///   socket but never deletes anything else at the path, and sets the socket file's mode explicitly.
+/// - Each connection sends one JSON value, framed by `JSONFramer` (any chunking, comments, limits). The
+///   answer is written as soon as the value is complete, in full, then the connection is shut down and closed.
+/// - Inactivity timeout (default 10 s) from accept and after each chunk, suspended while the command runs; on
+///   expiry the client gets Kea's exact text. A separate write timeout (no progress) closes the connection
+///   without ever splicing a second value into a half-written answer.
+/// - A client that leaves before its command is complete gets nothing; one that leaves mid-answer is
+///   handled quietly. A complete command always gets an answer.
+/// - Unlimited concurrent connections; none blocks another. A handler may `reconfigure` or `close` the server
+///   without breaking its own in-flight answer.
+///
+/// Thread contract: the thread running `service`. Kea counterpart: `isc::config::CommandMgr`
+/// (`openCommandSocket`, `closeCommandSocket`, `Connection`, `ConnectionPool`).
+public final class ControlSocketServer {
+    /// The service that runs the server's I/O and the command handlers.
+    public let service: IOService
+    /// The command manager that answers.
+    public let commandManager: CommandManager
+    /// The current configuration.
+    public private(set) var config: ControlSocketConfig
+    let logger: Logger
+    private var acceptor: UnixStreamAcceptor?
+    private var connections: [ObjectIdentifier: ControlConnection] = [:]
+    private var drainWaiters: [() -> Void] = []
+    private(set) var acceptedCount = 0
+
+    /// Opens the socket and starts accepting.
+    ///
+    /// - Throws: `ControlSocketConfigError` for a bad path, or `IOError` from opening (lock held by another
+    ///   instance, something other than a socket at the path, a live server on it, permissions, ...).
+    public init(
+        service: IOService, commandManager: CommandManager, config: ControlSocketConfig,
+        logger: Logger = Logger(label: "ioloop.control-socket")
+    ) throws {
+        self.service = service
+        self.commandManager = commandManager
+        self.config = config
+        self.logger = logger
+        acceptor = try Self.open(service, config)
+        logger.info("control socket listening on \(config.socketName)")
+        acceptNext()
+    }
+
+    /// Convenience: opens from a Kea `control-socket` map.
+    public convenience init(
+        service: IOService, commandManager: CommandManager, map: JSONValue,
+        logger: Logger = Logger(label: "ioloop.control-socket")
+    ) throws {
+        try self.init(
+            service: service, commandManager: commandManager, config: ControlSocketConfig(parsing: map), logger: logger)
+    }
+
+    deinit {
+        acceptor?.close()
+    }
+
+    /// The path currently listened on, or nil when closed.
+    public var socketPath: String? { acceptor?.path }
+    /// Whether the listener is open.
+    public var isOpen: Bool { acceptor != nil }
+    /// Connections currently open (reading, running a command or writing an answer).
+    public var connectionCount: Int { connections.count }
+
+    /// Applies a new configuration. The new listener is opened before the old one is closed, so a failure
+    /// leaves the old socket serving and is thrown. An identical configuration changes nothing (Kea keeps
+    /// the socket and its clients then too); limits and timeouts apply to new connections.
+    public func reconfigure(_ newConfig: ControlSocketConfig) throws {
+        if newConfig == config && acceptor != nil { return }
+        if newConfig.socketName == config.socketName && newConfig.socketMode == config.socketMode, acceptor != nil {
+            config = newConfig
+            return
+        }
+        let fresh = try Self.open(service, newConfig)
+        let old = acceptor
+        acceptor = fresh
+        config = newConfig
+        old?.close()
+        logger.info("control socket moved to \(newConfig.socketName)")
+        acceptNext()
+    }
+
+    /// Stops accepting, removes the socket and lock files, and closes every connection that is still reading.
+    /// Connections whose command is running or whose answer is being written finish delivering it first.
+    /// Kea counterpart: `closeCommandSocket()`.
+    public func close() {
+        if let a = acceptor {
+            acceptor = nil
+            a.close()
+            logger.info("control socket \(a.path) closed")
+        }
+        for c in connections.values { c.closeIfIdle() }
+    }
+
+    /// Calls `completion` (through the service's queue) once no connection is running a command or writing an
+    /// answer — e.g. to exit only after a `shutdown` answer has reached its client.
+    public func whenAnswersDelivered(_ completion: @escaping () -> Void) {
+        drainWaiters.append(completion)
+        checkDrained()
+    }
+
+    // MARK: internals
+
+    private static func open(_ service: IOService, _ config: ControlSocketConfig) throws -> UnixStreamAcceptor {
+        try config.validatePath()
+        return try UnixStreamAcceptor(
+            service, path: config.socketName,
+            options: UnixAcceptorOptions(mode: config.socketMode, useLockFile: true, removeStaleSocket: true))
+    }
+
+    private func acceptNext() {
+        guard let acceptor else { return }
+        acceptor.asyncAccept { [weak self, weak acceptor] result in
+            guard let self, let acceptor, acceptor === self.acceptor else { return }
+            switch result {
+            case .success(let socket):
+                self.acceptedCount += 1
+                let c = ControlConnection(server: self, socket: socket, config: self.config)
+                self.connections[ObjectIdentifier(c)] = c
+                c.start()
+            case .failure(let error):
+                if error.isOperationAborted { return }
+                self.logger.warning("control socket accept failed: \(error)")
+            }
+            self.acceptNext()
+        }
+    }
+
+    func connectionClosed(_ c: ControlConnection) {
+        connections[ObjectIdentifier(c)] = nil
+        checkDrained()
+    }
+
+    func checkDrained() {
+        guard !drainWaiters.isEmpty, !connections.values.contains(where: { $0.isAnswering }) else { return }
+        let waiters = drainWaiters
+        drainWaiters.removeAll()
+        for w in waiters { service.post { [w = UncheckedBox(w)] in w.value() } }
+    }
+}
+
+/// Lets a loop-thread closure travel through `post`, which takes `@Sendable` closures; it runs on the same
+/// loop thread that created it.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// One client connection of a `ControlSocketServer`: read one command, answer, close.
+final class ControlConnection {
+    private enum State {
+        case reading, processing, writing, closed
+    }
+
+    private weak var server: ControlSocketServer?
+    private let socket: UnixStreamSocket
+    private let config: ControlSocketConfig
+    private let logger: Logger
+    private var framer: JSONFramer
+    private var state = State.reading
+    private var buffer: UnsafeMutableRawBufferPointer
+    private let timer: SteadyTimer
+    private var deadline = SteadyInstant.distantFuture
+    private var timerArmed = false
+    private var answer: [UInt8] = []
+    private var written = 0
+    private let fd: Int32
+
+    /// Reads start with a small buffer (10 000 idle connections stay cheap) that grows when a read fills it.
+    private static let initialBuffer = 4096
+    private static let largeBuffer = 65536
+    /// Answers go out in pieces of this size, so the write timeout measures progress.
+    private static let writeChunk = 1 << 20
+
+    init(server: ControlSocketServer, socket: UnixStreamSocket, config: ControlSocketConfig) {
+        self.server = server
+        self.socket = socket
+        self.config = config
+        self.logger = server.logger
+        self.framer = JSONFramer(maxSize: config.maxCommandSize, maxDepth: config.maxDepth)
+        self.buffer = .allocate(byteCount: Self.initialBuffer, alignment: 16)
+        self.timer = SteadyTimer(server.service)
+        self.fd = socket.nativeHandle
+    }
+
+    deinit {
+        buffer.deallocate()
+    }
+
+    /// Whether a command is running or its answer is being written.
+    var isAnswering: Bool { state == .processing || state == .writing }
+
+    func start() {
+        logger.debug("control connection opened on fd \(fd)")
+        armTimer(config.inactivityTimeout)
+        read()
+    }
+
+    func closeIfIdle() {
+        if state == .reading { finish() }
+    }
+
+    // MARK: reading
+
+    private func read() {
+        socket.asyncReadSome(into: buffer) { [self] error, n in
+            guard state == .reading else { return }
+            if let error {
+                if error.isOperationAborted { return }
+                if error == .eof {
+                    let partial = framer.partialCommandByteCount
+                    let detail =
+                        partial > 0 ? "discarding partial command of \(partial) bytes" : "no input data to discard"
+                    logger.info("control connection fd \(fd) closed by the client, \(detail)")
+                } else {
+                    logger.warning("control connection fd \(fd) read failed: \(error)")
+                }
+                finish()
+                return
+            }
+            let result = framer.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            if n == buffer.count && buffer.count < Self.largeBuffer {
+                buffer.deallocate()
+                buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
+            }
+            switch result {
+            case .needMoreData:
+                deadline = .now() + config.inactivityTimeout
+                read()
+            case .complete:
+                process()
+            case .failed(let failure):
+                logger.warning("control connection fd \(fd): \(failure.text)")
+                send(CommandManager.answerBytes(for: failure))
+            }
+        }
+    }
+
+    // MARK: timers
+
+    /// Arms the connection timer lazily: later activity only moves `deadline`, and an expiry before it
+    /// re-arms for the rest, so a chunk costs no timer-heap operation.
+    private func armTimer(_ timeout: Duration) {
+        deadline = .now() + timeout
+        guard !timerArmed else { return }
+        timerArmed = true
+        timer.expires(at: deadline)
+        timer.asyncWait { [self] error in
+            timerArmed = false
+            guard error == nil, state == .reading || state == .writing else { return }
+            if SteadyInstant.now() < deadline {
+                armTimer(deadline - .now())
+                return
+            }
+            timedOut()
+        }
+    }
+
+    private func suspendTimer() {
+        deadline = .distantFuture
+        timer.cancel()
+    }
+
+    private func timedOut() {
+        switch state {
+        case .reading:
+            let partial = framer.partialCommandByteCount
+            let text =
+                partial > 0
+                ? "Connection over control channel timed out, discarded partial command of \(partial) bytes"
+                : "Connection over control channel timed out"
+            logger.info("control connection fd \(fd): \(text)")
+            socket.cancel()
+            send(ControlAnswer.error(text).serialized())
+        case .writing:
+            // Never splice a second value into a half-written answer: just close.
+            logger.warning(
+                "control connection fd \(fd): answer write made no progress for \(config.writeTimeout), closing after \(written) of \(answer.count) bytes"
+            )
+            finish()
+        default: break
+        }
+    }
+
+    // MARK: processing and writing
+
+    private func process() {
+        state = .processing
+        suspendTimer()
+        let bytes = framer.takeValueBytes()
+        guard let server else {
+            finish()
+            return
+        }
+        server.commandManager.processCommandBytes(bytes) { [self] answer in
+            guard state == .processing else { return }
+            send(answer)
+        }
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        state = .writing
+        answer = bytes
+        written = 0
+        writeNext()
+    }
+
+    private func writeNext() {
+        let remaining = answer.count - written
+        if remaining == 0 {
+            logger.debug("control connection fd \(fd): sent answer of \(answer.count) bytes")
+            finish()
+            return
+        }
+        armTimer(config.writeTimeout)
+        let n = min(remaining, Self.writeChunk)
+        let piece = written == 0 && n == answer.count ? answer : Array(answer[written..<written + n])
+        socket.asyncWrite(piece) { [self] error, transferred in
+            guard state == .writing else { return }
+            written += transferred
+            if let error {
+                if !error.isOperationAborted {
+                    // The client left mid-answer: its command has run; nothing else to do.
+                    logger.info("control connection fd \(fd): client left while the answer was written (\(error))")
+                }
+                finish()
+                return
+            }
+            writeNext()
+        }
+    }
+
+    /// Shuts the connection down and closes it. Unread input is drained first: on Linux, closing a UNIX
+    /// socket that still holds unread data makes the client's next read fail with ECONNRESET instead of EOF.
+    private func finish() {
+        guard state != .closed else { return }
+        state = .closed
+        suspendTimer()
+        if socket.isOpen {
+            try? socket.shutdown(.write)
+            var scratch = [UInt8](repeating: 0, count: 4096)
+            while recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
+            socket.close()
+        }
+        server?.connectionClosed(self)
+    }
+}

@@ -1,0 +1,177 @@
+// JSON serialization of JSONValue: compact (the wire form) and pretty (for humans and the CLI).
+
+extension JSONValue {
+    /// The compact JSON text of this value as UTF-8 bytes: no spaces, no trailing newline.
+    ///
+    /// - Strings are written as raw UTF-8 (non-ASCII is not `\u`-escaped, so it round-trips exactly);
+    ///   `"` and `\` are escaped, and control characters (< U+0020) use `\b \f \n \r \t` or `\u00XX`.
+    /// - Integers are written exactly; doubles in the shortest form that parses back to the same value and
+    ///   always with a `.` or an exponent, so they stay reals (`1.0`, `1e-05`); NaN and infinities, which JSON
+    ///   cannot express, are written as `null`.
+    /// - Map keys in insertion order.
+    ///
+    /// Thread contract: pure function of the value. Kea counterpart: `Element::str()` (which adds spaces and
+    /// escapes every byte >= 0x80 separately; we don't).
+    public func serialized() -> [UInt8] {
+        var writer = JSONWriter(pretty: false)
+        writer.out.reserveCapacity(64)
+        writer.write(self, level: 0)
+        return writer.out
+    }
+
+    /// Appends the compact JSON text of this value to `buffer` (see ``serialized()``).
+    public func serialize(into buffer: inout [UInt8]) {
+        var writer = JSONWriter(pretty: false)
+        swap(&writer.out, &buffer)
+        writer.write(self, level: 0)
+        swap(&writer.out, &buffer)
+    }
+
+    /// The compact JSON text of this value as a String (see ``serialized()``).
+    public func serializedString() -> String {
+        String(decoding: serialized(), as: UTF8.self)
+    }
+
+    /// Human-readable JSON: one member or element per line, indented by `indent` spaces per level,
+    /// `"key": value`, empty containers as `{}` / `[]`, no trailing newline.
+    ///
+    /// Used by `ioloop-ctl` to show answers. Kea counterpart: `isc::data::prettyPrint`.
+    public func prettyPrinted(indent: Int = 2) -> String {
+        var writer = JSONWriter(pretty: true, indentWidth: indent)
+        writer.write(self, level: 0)
+        return String(decoding: writer.out, as: UTF8.self)
+    }
+}
+
+/// Which bytes need escaping inside a JSON string: controls, `"` and `\`.
+private let escapeTable: [Bool] = (0..<256).map { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }
+
+struct JSONWriter {
+    var out: [UInt8] = []
+    let pretty: Bool
+    var indentWidth = 2
+
+    init(pretty: Bool, indentWidth: Int = 2) {
+        self.pretty = pretty
+        self.indentWidth = indentWidth
+    }
+
+    mutating func newline(_ level: Int) {
+        out.append(0x0A)
+        let n = level * indentWidth
+        if n > 0 { out.append(contentsOf: repeatElement(0x20, count: n)) }
+    }
+
+    mutating func write(_ value: JSONValue, level: Int) {
+        switch value {
+        case .null: appendASCII("null")
+        case .bool(let b): appendASCII(b ? "true" : "false")
+        case .integer(let i): writeInteger(i)
+        case .double(let d): writeDouble(d)
+        case .string(let s): writeString(s)
+        case .array(let a):
+            if a.isEmpty {
+                appendASCII("[]")
+                return
+            }
+            out.append(0x5B)
+            var first = true
+            for element in a {
+                if !first { out.append(0x2C) }
+                first = false
+                if pretty { newline(level + 1) }
+                write(element, level: level + 1)
+            }
+            if pretty { newline(level) }
+            out.append(0x5D)
+        case .object(let o):
+            if o.isEmpty {
+                appendASCII("{}")
+                return
+            }
+            out.append(0x7B)
+            for k in 0..<o.count {
+                if k > 0 { out.append(0x2C) }
+                if pretty { newline(level + 1) }
+                writeString(o._keys[k])
+                out.append(0x3A)
+                if pretty { out.append(0x20) }
+                write(o._values[k], level: level + 1)
+            }
+            if pretty { newline(level) }
+            out.append(0x7D)
+        }
+    }
+
+    mutating func appendASCII(_ s: StaticString) {
+        out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
+    mutating func writeInteger(_ value: Int64) {
+        // Digits into a small stack buffer, most significant last, then appended reversed.
+        var magnitude = value.magnitude
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var n = 0
+            repeat {
+                digits[n] = UInt8(truncatingIfNeeded: magnitude % 10) &+ 0x30
+                magnitude /= 10
+                n += 1
+            } while magnitude != 0
+            if value < 0 { out.append(0x2D) }
+            while n > 0 {
+                n -= 1
+                out.append(digits[n])
+            }
+        }
+    }
+
+    mutating func writeDouble(_ value: Double) {
+        guard value.isFinite else {
+            appendASCII("null")
+            return
+        }
+        // Swift's description is the shortest round-trip form and is valid JSON for finite values
+        // ("1.0", "0.1", "1e-05", "1.2345e+20"), always with a '.' or an exponent.
+        var text = value.description
+        text.withUTF8 { out.append(contentsOf: $0) }
+    }
+
+    mutating func writeString(_ string: String) {
+        var string = string
+        string.withUTF8 { buffer in
+            out.append(0x22)
+            var runStart = 0
+            var k = 0
+            let n = buffer.count
+            escapeTable.withUnsafeBufferPointer { table in
+                while k < n {
+                    let b = buffer[k]
+                    if table[Int(b)] {
+                        if runStart < k { out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[runStart..<k])) }
+                        appendEscape(b)
+                        runStart = k + 1
+                    }
+                    k += 1
+                }
+            }
+            if runStart < n { out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[runStart..<n])) }
+            out.append(0x22)
+        }
+    }
+
+    mutating func appendEscape(_ b: UInt8) {
+        out.append(0x5C)
+        switch b {
+        case 0x22: out.append(0x22)
+        case 0x5C: out.append(0x5C)
+        case 0x08: out.append(0x62)  // b
+        case 0x0C: out.append(0x66)  // f
+        case 0x0A: out.append(0x6E)  // n
+        case 0x0D: out.append(0x72)  // r
+        case 0x09: out.append(0x74)  // t
+        default:
+            let hex: [UInt8] = Array("0123456789abcdef".utf8)
+            out.append(contentsOf: [0x75, 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+        }
+    }
+}
