@@ -34,6 +34,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Socket benchmarks (compare with Benchmarks/c/libev_bench.c): swift run -c release SocketBench bulk|conn
+        .executableTarget(name: "SocketBench", dependencies: ["IOLoop"], path: "Benchmarks/SocketBench"),
         .executableTarget(
             name: "packet-server",
             dependencies: [
@@ -43,8 +45,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "ioloop-ctl",
+            dependencies: ["ControlChannel", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(name: "IOLoopTests", dependencies: ["IOLoop", "CLibev"]),
-        .testTarget(name: "ControlChannelTests", dependencies: ["ControlChannel", "IOLoop"]),
+        .testTarget(
+            name: "PacketServerTests",
+            dependencies: ["packet-server", "ControlChannel", "IOLoop"]
+        ),
+        .testTarget(
+            name: "ControlChannelTests",
+            dependencies: ["ControlChannel", "IOLoop", .product(name: "Logging", package: "swift-log")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

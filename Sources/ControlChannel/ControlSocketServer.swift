@@ -177,7 +177,12 @@ public final class ControlSocketServer {
     /// the socket and its clients then too); limits and timeouts apply to new connections.
     public func reconfigure(_ newConfig: ControlSocketConfig) throws {
         if newConfig == config && acceptor != nil { return }
-        if newConfig.socketName == config.socketName && newConfig.socketMode == config.socketMode, acceptor != nil {
+        if newConfig.socketName == config.socketName, let acceptor {
+            // Same path: the listener stays (a second bind would find our own lock held); only the mode and
+            // the limits change.
+            if newConfig.socketMode != config.socketMode && chmod(acceptor.path, newConfig.socketMode) != 0 {
+                throw IOError.lastErrno("chmod \(String(newConfig.socketMode, radix: 8)) on \(acceptor.path)")
+            }
             config = newConfig
             return
         }
@@ -221,9 +226,10 @@ public final class ControlSocketServer {
     private func acceptNext() {
         guard let acceptor else { return }
         acceptor.asyncAccept { [weak self, weak acceptor] result in
-            guard let self, let acceptor, acceptor === self.acceptor else { return }
+            guard let self else { return }
             switch result {
             case .success(let socket):
+                // Served even if the listener was replaced meanwhile: a client that got in gets its answer.
                 self.acceptedCount += 1
                 let c = ControlConnection(server: self, socket: socket, config: self.config)
                 self.connections[ObjectIdentifier(c)] = c
@@ -232,7 +238,7 @@ public final class ControlSocketServer {
                 if error.isOperationAborted { return }
                 self.logger.warning("control socket accept failed: \(error)")
             }
-            self.acceptNext()
+            if let acceptor, acceptor === self.acceptor { self.acceptNext() }
         }
     }
 
@@ -270,8 +276,13 @@ final class ControlConnection {
     private var state = State.reading
     private var buffer: UnsafeMutableRawBufferPointer
     private let timer: SteadyTimer
+    /// When the current timeout (inactivity or write) expires; `distantFuture` while a command runs.
     private var deadline = SteadyInstant.distantFuture
-    private var timerArmed = false
+    /// The expiry of the pending wait, if one is pending.
+    private var armedExpiry: SteadyInstant?
+    /// Identifies the pending wait: a wait aborted by re-arming or cancelling completes later, through the
+    /// queue, and must then change nothing.
+    private var timerGeneration: UInt64 = 0
     private var answer: [UInt8] = []
     private var written = 0
     private let fd: Int32
@@ -279,8 +290,11 @@ final class ControlConnection {
     /// Reads start with a small buffer (10 000 idle connections stay cheap) that grows when a read fills it.
     private static let initialBuffer = 4096
     private static let largeBuffer = 65536
-    /// Answers go out in pieces of this size, so the write timeout measures progress.
-    private static let writeChunk = 1 << 20
+    /// Answers go out in pieces of this size (about a UNIX socket's send buffer), so the write timeout
+    /// measures progress, not the time to send the whole answer.
+    private static let writeChunk = 1 << 16
+    /// At most this much unread input is drained before the close.
+    private static let maxDrain = 1 << 20
 
     init(server: ControlSocketServer, socket: UnixStreamSocket, config: ControlSocketConfig) {
         self.server = server
@@ -348,18 +362,26 @@ final class ControlConnection {
 
     // MARK: timers
 
-    /// Arms the connection timer lazily: later activity only moves `deadline`, and an expiry before it
-    /// re-arms for the rest, so a chunk costs no timer-heap operation.
+    /// Sets the connection's deadline to `timeout` from now. The timer is armed lazily: while a pending wait
+    /// expires no later than the new deadline, only `deadline` moves (an expiry before it re-arms for the
+    /// rest), so a chunk costs no timer-heap operation.
     private func armTimer(_ timeout: Duration) {
         deadline = .now() + timeout
-        guard !timerArmed else { return }
-        timerArmed = true
-        timer.expires(at: deadline)
+        if let armed = armedExpiry, armed <= deadline { return }
+        startWait(until: deadline)
+    }
+
+    private func startWait(until expiry: SteadyInstant) {
+        timerGeneration &+= 1
+        let generation = timerGeneration
+        armedExpiry = expiry
+        timer.expires(at: expiry)
         timer.asyncWait { [self] error in
-            timerArmed = false
+            guard generation == timerGeneration else { return }
+            armedExpiry = nil
             guard error == nil, state == .reading || state == .writing else { return }
             if SteadyInstant.now() < deadline {
-                armTimer(deadline - .now())
+                startWait(until: deadline)
                 return
             }
             timedOut()
@@ -368,6 +390,8 @@ final class ControlConnection {
 
     private func suspendTimer() {
         deadline = .distantFuture
+        timerGeneration &+= 1
+        armedExpiry = nil
         timer.cancel()
     }
 
@@ -402,9 +426,18 @@ final class ControlConnection {
             finish()
             return
         }
-        server.commandManager.processCommandBytes(bytes) { [self] answer in
+        let command: JSONValue
+        do {
+            // The configured depth, not the manager's default: the framer already enforced it.
+            command = try JSONParser.parse(bytes, maxDepth: config.maxDepth)
+        } catch {
+            logger.warning("control connection fd \(fd): invalid command: \(error)")
+            send(ControlAnswer.error(error.description).serialized())
+            return
+        }
+        server.commandManager.processCommand(command) { [self] answer in
             guard state == .processing else { return }
-            send(answer)
+            send(answer.serialized())
         }
     }
 
@@ -448,8 +481,14 @@ final class ControlConnection {
         suspendTimer()
         if socket.isOpen {
             try? socket.shutdown(.write)
-            var scratch = [UInt8](repeating: 0, count: 4096)
-            while recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
+            // Bounded, so a client that keeps streaming cannot hold the loop thread here.
+            var scratch = [UInt8](repeating: 0, count: 65536)
+            var drained = 0
+            while drained < Self.maxDrain {
+                let n = recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
+                if n <= 0 { break }
+                drained += n
+            }
             socket.close()
         }
         server?.connectionClosed(self)

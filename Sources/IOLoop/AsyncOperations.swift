@@ -205,7 +205,9 @@ extension UDPSocket {
     }
 
     /// Sends one datagram (async `asyncSendTo`).
-    public func sendTo(_ bytes: [UInt8], to peer: SocketAddress, isolation: isolated (any Actor)? = #isolation)
+    public func sendTo(
+        _ bytes: [UInt8], to peer: SocketAddress, isolation: isolated (any Actor)? = #isolation
+    )
         async throws
     {
         _ = try await service.performAsync(

@@ -78,7 +78,9 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// thread for as long as the system resolver takes). `passive` with a nil host gives the wildcard
     /// addresses for binding.
     /// - Throws: `IOError(.invalidArgument)` with the resolver's message if nothing resolves.
-    public static func resolve(host: String?, port: UInt16, passive: Bool = false, datagram: Bool = false) throws
+    public static func resolve(
+        host: String?, port: UInt16, passive: Bool = false, datagram: Bool = false
+    ) throws
         -> [SocketAddress]
     {
         var hints = addrinfo()

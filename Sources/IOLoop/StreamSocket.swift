@@ -118,6 +118,21 @@ public class StreamSocket: SocketCompletionTarget {
         writeWatcher.deallocate()
     }
 
+    /// Takes ownership of an open, connected stream descriptor (e.g. from socket activation or `socketpair`),
+    /// switching it to non-blocking mode. An open socket is closed first.
+    ///
+    /// - Throws: `IOError` from `fcntl` (e.g. `EBADF`); the descriptor is not taken then.
+    /// Precondition: no operation pending. Asio: `assign(protocol, native_handle)`.
+    public func assign(_ descriptor: Int32) throws {
+        precondition(readState == .idle && writeState == .idle, "assign on a socket with a pending operation")
+        let flags = fcntl(descriptor, F_GETFL)
+        guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw IOError.lastErrno("fcntl O_NONBLOCK on fd \(descriptor)")
+        }
+        closeDescriptorOnly()
+        attach(descriptor)
+    }
+
     /// Whether the socket has a descriptor. Asio: `is_open()`.
     public var isOpen: Bool { nativeHandle >= 0 }
 
@@ -160,7 +175,7 @@ public class StreamSocket: SocketCompletionTarget {
 
     /// Reads at least one byte into the free space of `buffer` and marks it valid (`buffer.count` grows).
     ///
-    /// Same completions as ``asyncReadSome(into:_:)-(UnsafeMutableRawBufferPointer,_)``; the socket retains
+    /// Same completions as the raw-buffer variant; the socket retains
     /// `buffer` until the handler runs. Precondition: `buffer.freeSpace > 0`, no other read pending.
     public func asyncReadSome(into buffer: IOBuffer, _ handler: @escaping TransferHandler) {
         precondition(buffer.freeSpace > 0, "asyncReadSome into a full IOBuffer (capacity \(buffer.capacity))")
@@ -180,8 +195,10 @@ public class StreamSocket: SocketCompletionTarget {
     /// The bytes read (all of them, or those before an error) are marked valid. Precondition:
     /// `count <= buffer.freeSpace`.
     public func asyncRead(exactly count: Int, into buffer: IOBuffer, _ handler: @escaping TransferHandler) {
-        precondition(count >= 0 && count <= buffer.freeSpace, "asyncRead(exactly: \(count)) into an IOBuffer "
-            + "with \(buffer.freeSpace) bytes free")
+        precondition(
+            count >= 0 && count <= buffer.freeSpace,
+            "asyncRead(exactly: \(count)) into an IOBuffer "
+                + "with \(buffer.freeSpace) bytes free")
         startRead(
             UnsafeMutableRawBufferPointer(rebasing: buffer.writableTail[0..<count]), exactly: true, target: buffer,
             handler)

@@ -123,7 +123,8 @@ public final class TCPAcceptor {
     }
 
     private func applyConfigure() {
-        core.configure = noDelay ? { fd in try? setIntOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") } : nil
+        core.configure =
+            noDelay ? { fd in try? setIntOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") } : nil
     }
 
     /// The bound port (the ephemeral one when bound with port 0).

@@ -125,7 +125,9 @@ public final class UDPSocket: SocketCompletionTarget {
         try bytes.withUnsafeBytes { try trySend($0, to: peer) }
     }
 
-    private func receiveNow(_ buffer: UnsafeMutableRawBufferPointer, _ peer: inout SocketAddress) -> Result<
+    private func receiveNow(
+        _ buffer: UnsafeMutableRawBufferPointer, _ peer: inout SocketAddress
+    ) -> Result<
         Int, IOError
     > {
         while true {

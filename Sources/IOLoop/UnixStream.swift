@@ -33,7 +33,9 @@ public final class UnixStreamSocket: StreamSocket {
         var fds: [Int32] = [-1, -1]
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         guard socketpair(AF_UNIX, type, 0, &fds) == 0 else { throw IOError.lastErrno("socketpair") }
-        return (UnixStreamSocket(service: service, adopting: fds[0]), UnixStreamSocket(service: service, adopting: fds[1]))
+        return (
+            UnixStreamSocket(service: service, adopting: fds[0]), UnixStreamSocket(service: service, adopting: fds[1])
+        )
     }
 
     /// Connects to the listener at `path`; `handler` gets nil on success.
@@ -286,8 +288,10 @@ public final class UnixStreamAcceptor {
             throw IOError(errno: EADDRINUSE, "\(path) is in use: a live server accepts connections on it")
         case ECONNREFUSED:
             guard remove else {
-                throw IOError(errno: EADDRINUSE, "\(path) is a stale socket file (no server answers) and "
-                    + "removeStaleSocket is off")
+                throw IOError(
+                    errno: EADDRINUSE,
+                    "\(path) is a stale socket file (no server answers) and "
+                        + "removeStaleSocket is off")
             }
             guard unlink(path) == 0 || errno == ENOENT else {
                 throw IOError.lastErrno("cannot remove stale socket file \(path)")

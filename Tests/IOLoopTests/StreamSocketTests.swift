@@ -1,0 +1,469 @@
+import Foundation
+import Glibc
+import Testing
+
+@testable import IOLoop
+
+@Suite("Stream sockets")
+struct StreamSocketTests {
+    /// Accepts connections forever and echoes everything back until the peer closes.
+    final class EchoServer<S: StreamSocket> {
+        let accept: (@escaping (Result<S, IOError>) throws -> Void) -> Void
+        var connections: [ObjectIdentifier: S] = [:]
+        var accepted = 0
+        var stopAfter: Int
+
+        init(stopAfter: Int = .max, accept: @escaping (@escaping (Result<S, IOError>) throws -> Void) -> Void) {
+            self.accept = accept
+            self.stopAfter = stopAfter
+        }
+
+        func start() {
+            accept { [self] r in
+                guard case .success(let s) = r else { return }
+                accepted += 1
+                connections[ObjectIdentifier(s)] = s
+                echo(s, RawBuffer(4096))
+                if accepted < stopAfter { start() }
+            }
+        }
+
+        func echo(_ s: S, _ buf: RawBuffer) {
+            s.asyncReadSome(into: buf.buffer) { [self] e, n in
+                if e != nil {
+                    s.close()
+                    connections[ObjectIdentifier(s)] = nil
+                    return
+                }
+                s.asyncWrite(UnsafeRawBufferPointer(rebasing: buf.buffer[0..<n])) { [self] e, _ in
+                    if e == nil { echo(s, buf) } else { s.close() }
+                }
+            }
+        }
+    }
+
+    @Test func unixEcho() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let path = dir.file("echo.sock")
+        let acceptor = try UnixStreamAcceptor(io, path: path)
+        let server = EchoServer<UnixStreamSocket>(stopAfter: 1) { acceptor.asyncAccept($0) }
+        server.start()
+        let client = UnixStreamSocket(io)
+        let reply = RawBuffer(5)
+        var got: [UInt8] = []
+        var credentials: PeerCredentials?
+        client.asyncConnect(to: path) { e in
+            #expect(e == nil)
+            client.asyncWrite(Array("hello".utf8)) { e, n in
+                #expect(e == nil && n == 5)
+                client.asyncRead(exactly: reply.buffer) { e, n in
+                    #expect(e == nil && n == 5)
+                    got = reply.bytes
+                    credentials = try? client.peerCredentials()
+                    client.close()
+                }
+            }
+        }
+        try io.run(for: .seconds(5))
+        #expect(got == Array("hello".utf8))
+        #expect(credentials?.pid == getpid())
+        #expect(credentials?.uid == getuid())
+        #expect(fileMode(path) == 0o600)
+        acceptor.close()
+        #expect(!fileExists(path))
+    }
+
+    func tcpEcho(host: String) throws {
+        let io = try IOService()
+        let acceptor = try TCPAcceptor(io, host: host, port: 0)
+        #expect(acceptor.port != 0)
+        let server = EchoServer<TCPSocket>(stopAfter: 1) { acceptor.asyncAccept($0) }
+        server.start()
+        let client = TCPSocket(io)
+        let reply = RawBuffer(4)
+        var got: [UInt8] = []
+        client.asyncConnect(host: host, port: acceptor.port) { e in
+            #expect(e == nil)
+            #expect(client.noDelay)
+            client.asyncWrite(Array("ping".utf8)) { e, _ in
+                #expect(e == nil)
+                client.asyncRead(exactly: reply.buffer) { e, _ in
+                    #expect(e == nil)
+                    got = reply.bytes
+                    client.close()
+                }
+            }
+        }
+        try io.run(for: .seconds(5))
+        #expect(got == Array("ping".utf8))
+        acceptor.close()
+    }
+
+    @Test func tcpEchoIPv4() throws { try tcpEcho(host: "127.0.0.1") }
+    @Test func tcpEchoIPv6() throws { try tcpEcho(host: "::1") }
+
+    @Test func tcpConnectRefusedAndByName() throws {
+        let io = try IOService()
+        // Find a port nobody listens on: bind an ephemeral port, then close it.
+        let probe = try TCPAcceptor(io, host: "127.0.0.1", port: 0)
+        let port = probe.port
+        probe.close()
+        let client = TCPSocket(io)
+        var error: IOError?
+        client.asyncConnect(host: "127.0.0.1", port: port) { error = $0 }
+        try io.run(for: .seconds(5))
+        #expect(error?.errnoValue == ECONNREFUSED)
+        #expect(!client.isOpen)
+
+        // "localhost" may resolve to ::1 first; the connect falls through to an address that answers.
+        io.restart()
+        let acceptor = try TCPAcceptor(io, host: "127.0.0.1", port: 0)
+        var accepted = false
+        acceptor.asyncAccept { r in accepted = (try? r.get()) != nil }
+        var connectError: IOError? = IOError(.invalidArgument)
+        client.asyncConnect(host: "localhost", port: acceptor.port) { connectError = $0 }
+        try io.run(for: .seconds(5))
+        #expect(connectError == nil)
+        #expect(accepted)
+    }
+
+    @Test func bulkTransferRandomChunks() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let total = 8 << 20
+        var rng = TestRNG(seed: 42)
+        var data = [UInt8](repeating: 0, count: total)
+        for i in 0..<total { data[i] = UInt8(truncatingIfNeeded: i &* 2_654_435_761 >> 13) }
+        var sent = 0
+        func writeNext() {
+            guard sent < total else {
+                try? a.shutdown(.write)
+                return
+            }
+            let n = min(Int.random(in: 1...200_000, using: &rng), total - sent)
+            let chunk = Array(data[sent..<sent + n])
+            a.asyncWrite(chunk) { e, written in
+                #expect(e == nil && written == n)
+                sent += n
+                writeNext()
+            }
+        }
+        var received = [UInt8]()
+        received.reserveCapacity(total)
+        let buf = RawBuffer(256 * 1024)
+        var readRNG = TestRNG(seed: 7)
+        var sawEOF = false
+        func readNext() {
+            let n = Int.random(in: 1...buf.buffer.count, using: &readRNG)
+            b.asyncReadSome(into: UnsafeMutableRawBufferPointer(rebasing: buf.buffer[0..<n])) { e, got in
+                if e == .eof {
+                    sawEOF = true
+                    return
+                }
+                #expect(e == nil)
+                #expect(got > 0 && got <= n)
+                received.append(contentsOf: buf.buffer[0..<got])
+                readNext()
+            }
+        }
+        writeNext()
+        readNext()
+        try io.run(for: .seconds(20))
+        #expect(sawEOF)
+        #expect(received.count == total)
+        #expect(received == data)
+    }
+
+    @Test func ioBufferAndReadExactly() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let buffer = IOBuffer(capacity: 64)
+        var steps: [Int] = []
+        a.asyncWrite(Array(0..<10)) { _, _ in }
+        b.asyncRead(exactly: 4, into: buffer) { e, n in
+            #expect(e == nil)
+            steps.append(n)
+            #expect(buffer.bytes == [0, 1, 2, 3])
+            b.asyncReadSome(into: buffer) { e, n in
+                #expect(e == nil)
+                steps.append(n)
+                #expect(buffer.bytes == Array(0..<10))
+                buffer.removeFirst(8)
+                #expect(buffer.bytes == [8, 9])
+                a.close()
+                b.asyncRead(exactly: 10, into: buffer) { e, n in
+                    #expect(e == .eof)
+                    steps.append(n)
+                }
+            }
+        }
+        try io.run(for: .seconds(5))
+        #expect(steps == [4, 6, 0])
+    }
+
+    @Test func completionNeverInlineEvenWhenDataIsWaiting() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let msg: [UInt8] = [1, 2, 3]
+        _ = msg.withUnsafeBytes { send(a.nativeHandle, $0.baseAddress, 3, 0) }
+        let buf = RawBuffer(16)
+        var inCall = true
+        var ranInline = false
+        var count = 0
+        b.asyncReadSome(into: buf.buffer) { _, n in
+            ranInline = inCall
+            count = n
+        }
+        var writeInline = false
+        a.asyncWrite(msg) { _, _ in writeInline = inCall }
+        inCall = false
+        #expect(try io.run(for: .seconds(5)) == 2)
+        #expect(!ranInline && !writeInline)
+        #expect(count == 3)
+    }
+
+    @Test func halfClose() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let acceptor = try UnixStreamAcceptor(io, path: dir.file("h.sock"))
+        var serverGot = [UInt8]()
+        var clientGot = [UInt8]()
+        var server: UnixStreamSocket?
+        let sbuf = RawBuffer(64)
+        acceptor.asyncAccept { r in
+            let s = try r.get()
+            server = s
+            func drain() {
+                s.asyncReadSome(into: sbuf.buffer) { e, n in
+                    if e == .eof {
+                        // The client shut down its sending side; this side can still write.
+                        s.asyncWrite(Array("bye".utf8)) { e, _ in
+                            #expect(e == nil)
+                            s.close()
+                        }
+                        return
+                    }
+                    serverGot += sbuf.prefix(n)
+                    drain()
+                }
+            }
+            drain()
+        }
+        let client = UnixStreamSocket(io)
+        let cbuf = RawBuffer(64)
+        client.asyncConnect(to: acceptor.path) { e in
+            #expect(e == nil)
+            client.asyncWrite(Array("request".utf8)) { e, _ in
+                #expect(e == nil)
+                try client.shutdown(.write)
+                func drain() {
+                    client.asyncReadSome(into: cbuf.buffer) { e, n in
+                        if e == .eof { return }
+                        clientGot += cbuf.prefix(n)
+                        drain()
+                    }
+                }
+                drain()
+            }
+        }
+        try io.run(for: .seconds(5))
+        #expect(serverGot == Array("request".utf8))
+        #expect(clientGot == Array("bye".utf8))
+        _ = server
+    }
+
+    @Test func peerResetAndNoSIGPIPE() throws {
+        let io = try IOService()
+        let acceptor = try TCPAcceptor(io, host: "127.0.0.1", port: 0)
+        var readError: IOError?
+        var writeError: IOError?
+        var writeCount = -1
+        var server: TCPSocket?
+        acceptor.asyncAccept { r in
+            let s = try r.get()
+            server = s
+            // Abortive close: SO_LINGER with a zero timeout sends RST.
+            var l = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(s.nativeHandle, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+            s.close()
+        }
+        let client = TCPSocket(io)
+        let buf = RawBuffer(16)
+        client.asyncConnect(host: "127.0.0.1", port: acceptor.port) { e in
+            #expect(e == nil)
+            client.asyncReadSome(into: buf.buffer) { e, _ in
+                readError = e
+                // Writing to a reset connection: EPIPE or ECONNRESET, never SIGPIPE.
+                client.asyncWrite([UInt8](repeating: 1, count: 1 << 20)) { e, n in
+                    writeError = e
+                    writeCount = n
+                }
+            }
+        }
+        try io.run(for: .seconds(5))
+        #expect(readError?.errnoValue == ECONNRESET)
+        #expect(writeError?.errnoValue == EPIPE || writeError?.errnoValue == ECONNRESET)
+        #expect(writeCount >= 0 && writeCount < 1 << 20)
+        _ = server
+    }
+
+    @Test func writeToClosedUnixPeerGivesEPIPE() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        b.close()
+        var error: IOError?
+        var count = -1
+        a.asyncWrite([1, 2, 3]) { e, n in
+            error = e
+            count = n
+        }
+        try io.run(for: .seconds(5))
+        #expect(error?.errnoValue == EPIPE)
+        #expect(count == 0)
+        #expect(error?.description.contains("EPIPE") == true)
+    }
+
+    @Test func cancelPendingReadCompletesOnceAndSocketStaysUsable() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let buf = RawBuffer(8)
+        var results: [IOError?] = []
+        b.asyncReadSome(into: buf.buffer) { e, n in
+            results.append(e)
+            #expect(n == 0)
+        }
+        #expect(b.readPending)
+        #expect(try io.poll() == 0)
+        b.cancel()
+        b.cancel()
+        #expect(try io.poll() == 1)
+        #expect(results.count == 1 && results[0] == .operationAborted)
+        // Still open and usable. (Out of work after the poll, the service stopped: restart it, as in Asio.)
+        io.restart()
+        a.asyncWrite([9]) { _, _ in }
+        var after = 0
+        b.asyncReadSome(into: buf.buffer) { e, n in
+            #expect(e == nil)
+            after = n
+        }
+        try io.run(for: .seconds(5))
+        #expect(after == 1)
+        #expect(results.count == 1)
+    }
+
+    @Test func closeWithPendingReadAndWrite() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        // Fill the socket buffer so a write stays pending.
+        var big = [UInt8](repeating: 0, count: 8 << 20)
+        big[0] = 1
+        var writeResult: (IOError?, Int)?
+        var readResult: IOError??
+        a.asyncWrite(big) { e, n in writeResult = (e, n) }
+        let buf = RawBuffer(8)
+        a.asyncReadSome(into: buf.buffer) { e, _ in readResult = .some(e) }
+        #expect(try io.poll() == 0)
+        #expect(a.writePending && a.readPending)
+        a.close()
+        a.close()
+        try io.run(for: .seconds(5))
+        #expect(readResult == .some(.operationAborted))
+        #expect(writeResult?.0 == .operationAborted)
+        #expect((writeResult?.1 ?? 0) > 0 && (writeResult?.1 ?? 0) < big.count)
+        #expect(!a.isOpen)
+        _ = b
+    }
+
+    @Test func closeWithPendingAccept() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let path = dir.file("a.sock")
+        let acceptor = try UnixStreamAcceptor(io, path: path, options: UnixAcceptorOptions(useLockFile: true))
+        var results: [Result<UnixStreamSocket, IOError>] = []
+        acceptor.asyncAccept { results.append($0) }
+        #expect(try io.poll() == 0)
+        #expect(fileExists(path) && fileExists(path + ".lock"))
+        acceptor.close()
+        acceptor.close()
+        #expect(try io.run(for: .seconds(5)) == 1)
+        #expect(results.count == 1)
+        if case .failure(let e) = results.first {
+            #expect(e == .operationAborted)
+        } else {
+            Issue.record("accept did not fail")
+        }
+        #expect(!fileExists(path))
+        #expect(!fileExists(path + ".lock"))
+    }
+
+    @Test func thousandConcurrentUnixConnections() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let path = dir.file("k.sock")
+        let n = 1000
+        // Two descriptors per connection, plus what the other tests running in parallel hold.
+        #expect(raiseDescriptorLimit(to: 4096) >= 2 * n + 256, "RLIMIT_NOFILE hard limit too low for this test")
+        let acceptor = try UnixStreamAcceptor(io, path: path, options: UnixAcceptorOptions(backlog: 128))
+        let server = EchoServer<UnixStreamSocket>(stopAfter: n) { acceptor.asyncAccept($0) }
+        server.start()
+        var done = 0
+        var clients: [UnixStreamSocket] = []
+        for i in 0..<n {
+            let c = UnixStreamSocket(io)
+            clients.append(c)
+            let buf = RawBuffer(4)
+            let msg = withUnsafeBytes(of: UInt32(i).littleEndian) { Array($0) }
+            c.asyncConnect(to: path) { e in
+                #expect(e == nil)
+                c.asyncWrite(msg) { e, _ in
+                    #expect(e == nil)
+                    c.asyncRead(exactly: buf.buffer) { e, _ in
+                        #expect(e == nil)
+                        #expect(buf.bytes == msg)
+                        c.close()
+                        done += 1
+                    }
+                }
+            }
+        }
+        try io.run(for: .seconds(20))
+        #expect(done == n)
+        #expect(server.accepted == n)
+    }
+
+    @Test func serviceShutdownDropsPendingHandlersUncalled() throws {
+        let io = try IOService()
+        let dir = TempDir()
+        let acceptor = try UnixStreamAcceptor(io, path: dir.file("sd.sock"))
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let udp = try UDPSocket(io, port: 0)
+        let buf = RawBuffer(8)
+        var called = 0
+        acceptor.asyncAccept { _ in called += 1 }
+        a.asyncReadSome(into: buf.buffer) { _, _ in called += 1 }
+        udp.asyncReceiveFrom(into: buf.buffer) { _, _, _ in called += 1 }
+        // One completion already queued, too.
+        b.asyncWrite([1]) { _, _ in called += 1 }
+        #expect(io.outstandingWork == 4)
+        weak let weakA = a
+        io.shutdown()
+        #expect(io.outstandingWork == 0)
+        #expect(try io.run() == 0)
+        #expect(called == 0)
+        // The pending read no longer keeps its socket alive once the service dropped it.
+        _ = consume a
+        #expect(weakA == nil)
+        _ = (b, udp, acceptor)
+    }
+
+    @Test func secondReadIsAPreconditionFailure() async {
+        await #expect(processExitsWith: .failure) {
+            let io = try IOService()
+            let (_, b) = try UnixStreamSocket.pair(io)
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
+            b.asyncReadSome(into: buf) { _, _ in }
+            b.asyncReadSome(into: buf) { _, _ in }
+        }
+    }
+}

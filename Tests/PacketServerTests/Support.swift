@@ -1,0 +1,210 @@
+import ControlChannel
+import Dispatch
+import Foundation
+import Glibc
+import Testing
+
+/// Where `swift build` put the executables: next to the test bundle.
+func builtProduct(_ name: String) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let exe = String(decoding: buffer.prefix(max(n, 0)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return (exe as NSString).deletingLastPathComponent + "/" + name
+}
+
+/// A fresh temporary directory, removed by `cleanUp()`.
+func makeTempDir(_ tag: String = "ps") -> String {
+    var template = Array("/tmp/ioloop-\(tag)-XXXXXX".utf8CString)
+    let p = mkdtemp(&template)!
+    return String(cString: p)
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// A packet-server child process; stopped by PID when the test ends.
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    let dir: String
+    let socketPath: String
+    private let outPipe = Pipe()
+    private let exited = DispatchSemaphore(value: 0)
+    private(set) var output = ""
+
+    /// Starts packet-server with `config` written to `<dir>/config.json` (or no config when nil).
+    init(config: String?, extraArguments: [String] = [], dir: String = makeTempDir()) throws {
+        self.dir = dir
+        socketPath = dir + "/control.sock"
+        var args: [String] = []
+        if let config {
+            let path = dir + "/config.json"
+            try config.replacingOccurrences(of: "$DIR", with: dir).write(toFile: path, atomically: true, encoding: .utf8)
+            args += ["-c", path]
+        }
+        process.executableURL = URL(fileURLWithPath: builtProduct("packet-server"))
+        process.arguments = args + extraArguments
+        process.standardOutput = outPipe
+        process.standardError = outPipe
+        let sem = exited
+        process.terminationHandler = { _ in sem.signal() }
+        try process.run()
+    }
+
+    static func standardConfig(threads: Int = 0, extra: String = "") -> String {
+        """
+        {"PacketServer": {
+            "listen": ["127.0.0.1:0"],
+            "control-socket": {"socket-type": "unix", "socket-name": "$DIR/control.sock"},
+            "threads": \(threads),
+            "log-level": "debug"\(extra)
+        }}
+        """
+    }
+
+    /// Reads the child's output until `needle` appears; event-driven (poll on the pipe), bounded by a deadline.
+    @discardableResult
+    func waitForOutput(_ needle: String, timeout: Duration = .seconds(20)) throws -> String {
+        let fd = outPipe.fileHandleForReading.fileDescriptor
+        let deadline = ContinuousClock.now + timeout
+        while !output.contains(needle) {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw TimedOut(what: "'\(needle)' in packet-server output:\n\(output)") }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ms = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            guard Glibc.poll(&p, 1, ms) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 65536)
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { throw TimedOut(what: "'\(needle)': packet-server closed its output:\n\(output)") }
+            output += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return output
+    }
+
+    /// Waits for the "control socket:" start-up line.
+    func waitUntilReady() throws {
+        try waitForOutput("control socket: ")
+    }
+
+    /// Waits for exit; returns the exit status.
+    func waitForExit(timeout: Duration = .seconds(20)) throws -> Int32 {
+        let ok = exited.wait(timeout: .now() + .milliseconds(Int(timeout.components.seconds * 1000)))
+        guard ok == .success else { throw TimedOut(what: "packet-server to exit") }
+        return process.terminationStatus
+    }
+
+    func signal(_ sig: Int32) { kill(process.processIdentifier, sig) }
+
+    /// Stops the child by PID if it is still running, then removes the temp dir.
+    func cleanUp() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = exited.wait(timeout: .now() + 5)
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Sends one command over the control socket and returns the parsed answer.
+    func rawCommand(_ json: String, socket: String? = nil) throws -> JSONValue {
+        let raw = try controlRoundTrip(socket ?? socketPath, Array(json.utf8))
+        return try JSONParser.parse(raw)
+    }
+
+    func command(_ name: String, _ arguments: JSONValue? = nil) throws -> JSONValue {
+        var cmd: JSONValue = ["command": .string(name)]
+        if let arguments { cmd["arguments"] = arguments }
+        return try rawCommand(cmd.serializedString())
+    }
+}
+
+struct SocketError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Connects to a UNIX socket, writes `bytes`, reads to EOF (receive timeout 10 s).
+func controlRoundTrip(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw SocketError(description: "socket: errno \(errno)") }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard rc == 0 else { throw SocketError(description: "connect \(path): errno \(errno)") }
+    var off = 0
+    while off < bytes.count {
+        let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard n > 0 else { throw SocketError(description: "send: errno \(errno)") }
+        off += n
+    }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buf, buf.count, 0)
+        if n == 0 { break }
+        guard n > 0 else { throw SocketError(description: "recv: errno \(errno) after \(out.count) bytes") }
+        out += buf[0..<n]
+    }
+    return out
+}
+
+/// A UDP client socket on loopback with a receive timeout.
+final class UDPClient {
+    let fd: Int32
+    let port: UInt16
+
+    init(port: UInt16) {
+        self.port = port
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = port.bigEndian
+        _ = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+    }
+
+    func receive() -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 2048)
+        let n = recv(fd, &buf, buf.count, 0)
+        return n > 0 ? Array(buf[0..<n]) : nil
+    }
+}
+
+/// The UDP port packet-server reports in status-get.
+func listenPort(_ server: ServerProcess) throws -> UInt16 {
+    let status = try server.command("status-get")
+    guard let first = status["arguments"]?["listen"]?[0]?.stringValue,
+        let port = UInt16(first.split(separator: ":").last ?? "")
+    else { throw SocketError(description: "no listen port in \(status)") }
+    return port
+}
+
+/// CPU time (user + system) of a process, from /proc/PID/stat.
+func cpuTime(of pid: Int32) -> Duration {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { return .zero }
+    let fields = text[text.index(close, offsetBy: 2)...].split(separator: " ")
+    // After the command name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks = (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0)
+    let hz = sysconf(Int32(_SC_CLK_TCK))
+    return .milliseconds(ticks * 1000 / hz)
+}
