@@ -18,19 +18,34 @@ let package = Package(
     targets: [
         .target(
             name: "BenchSupport",
-            dependencies: [.product(name: "IOLoop", package: "IOLoop")],
+            dependencies: [
+                .product(name: "IOLoop", package: "IOLoop"),
+                .product(name: "ControlChannel", package: "IOLoop"),
+            ],
             path: "Sources/BenchSupport"
         ),
         .executableTarget(
             name: "ioloop-bench",
-            dependencies: ["BenchSupport", .product(name: "IOLoop", package: "IOLoop")],
+            dependencies: [
+                "BenchSupport",
+                .product(name: "IOLoop", package: "IOLoop"),
+                .product(name: "ControlChannel", package: "IOLoop"),
+            ],
             path: "Sources/ioloop-bench"
+        ),
+        // UNIX-stream socket workloads (bulk read, connection churn) mirroring Comparators/socket_libev_bench.c;
+        // `SocketBench read <path>` is the IOLoop reader of compare's bulk_read workload (writer: bulk-stream).
+        .executableTarget(
+            name: "SocketBench",
+            dependencies: [.product(name: "IOLoop", package: "IOLoop")],
+            path: "Sources/SocketBench"
         ),
         .executableTarget(
             name: "IOLoopBenchmarks",
             dependencies: [
                 "BenchSupport",
                 .product(name: "IOLoop", package: "IOLoop"),
+                .product(name: "ControlChannel", package: "IOLoop"),
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/IOLoopBenchmarks",
