@@ -3,6 +3,7 @@
 // and Boost.Asio come from `ioloop-bench` and `compare`, which share one methodology with the comparators.
 import Benchmark
 import BenchSupport
+import ControlChannel
 import Glibc
 import IOLoop
 import Synchronization
@@ -121,6 +122,49 @@ let benchmarks: @Sendable () -> Void = {
         benchmark.measurement(TimerMetrics.lateP50, Int(percentile(late, 50) / 1000))
         benchmark.measurement(TimerMetrics.lateP99, Int(percentile(late, 99) / 1000))
         benchmark.measurement(TimerMetrics.early, early)
+    }
+
+    // Control channel, in process. Throughput (×1 per inner iteration) times the command size is MB/s;
+    // ioloop-bench prints MB/s directly (framer_parser_small / framer_parser_1mib / process_command).
+    Benchmark("framer+parser small command (27 B)") { benchmark in
+        var framer = JSONFramer()
+        let bytes = ControlFixtures.smallCommand
+        for _ in benchmark.scaledIterations {
+            blackHole(ControlFixtures.frameAndParse(bytes, framer: &framer))
+        }
+    }
+
+    Benchmark(
+        "framer+parser 1 MiB command",
+        configuration: .init(scalingFactor: .one, maxDuration: .seconds(3), maxIterations: 100)
+    ) { benchmark, bytes in
+        var framer = JSONFramer()
+        for _ in benchmark.scaledIterations {
+            blackHole(ControlFixtures.frameAndParse(bytes, framer: &framer))
+        }
+    } setup: {
+        ControlFixtures.largeCommand
+    }
+
+    Benchmark("CommandManager.processCommand (list-commands)") { benchmark, manager in
+        let command = try JSONParser.parse(ControlFixtures.smallCommand)
+        var sink = 0
+        for _ in benchmark.scaledIterations {
+            manager.processCommand(command) { if case .object(let o) = $0 { sink &+= o.count } }
+        }
+        blackHole(sink)
+    } setup: {
+        ControlFixtures.makeManager()
+    }
+
+    Benchmark("CommandManager.processCommandBytes (list-commands)") { benchmark, manager in
+        var sink = 0
+        for _ in benchmark.scaledIterations {
+            manager.processCommandBytes(ControlFixtures.smallCommand) { sink &+= $0.count }
+        }
+        blackHole(sink)
+    } setup: {
+        ControlFixtures.makeManager()
     }
 }
 

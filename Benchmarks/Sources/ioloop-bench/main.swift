@@ -1,7 +1,10 @@
 // Standalone runner: the same workloads, sizes, timing and JSON output as Comparators/libev_bench.c and
 // Comparators/asio_bench.cpp, so `compare` can put the three side by side.
-// Usage: ioloop-bench [all|idle_poll|post_poll_1|post_poll_1000|cross_thread|wakeup_latency|timers]
+// Usage: ioloop-bench [all|idle_poll|post_poll_1|post_poll_1000|cross_thread|wakeup_latency|timers
+//                      |framer_parser_small|framer_parser_1mib|process_command]
+// The last three are IOLoop-only (in-process control channel, no anchor): MB/s and ns per command.
 import BenchSupport
+import ControlChannel
 import Glibc
 import IOLoop
 import Synchronization
@@ -148,9 +151,56 @@ func timers() throws {
     _ = timers.count
 }
 
+/// Framer + parser over one command, repeated for ~0.5 s after a warm-up; MB/s of command text.
+func framerParser(_ workload: String, _ bytes: [UInt8], minOps: Int) {
+    var framer = JSONFramer()
+    for _ in 0..<max(1, minOps / 10) { blackHole(ControlFixtures.frameAndParse(bytes, framer: &framer)) }
+    var ops = 0
+    let t0 = nowNs()
+    var t1 = t0
+    while ops < minOps || t1 - t0 < 500_000_000 {
+        blackHole(ControlFixtures.frameAndParse(bytes, framer: &framer))
+        ops += 1
+        if ops % 16 == 0 || bytes.count > 4096 { t1 = nowNs() }
+    }
+    t1 = nowNs()
+    let ns = Double(t1 - t0)
+    let mbps = Double(bytes.count * ops) / 1_048_576 / (ns / 1e9)
+    print(#"{"impl":"ioloop","workload":"\#(workload)","ops":\#(ops),"bytes_per_op":\#(bytes.count),"mb_per_s":\#(fmt(mbps, 1)),"ns_per_op":\#(fmt(ns / Double(ops), 1))}"#)
+}
+
+func framerParserSmall() { framerParser("framer_parser_small", ControlFixtures.smallCommand, minOps: 200_000) }
+func framerParser1MiB() { framerParser("framer_parser_1mib", ControlFixtures.largeCommand, minOps: 20) }
+
+/// CommandManager in-process: `processCommand` on a parsed `list-commands` (value in, value out), and
+/// `processCommandBytes` (parse + process + serialize: what the socket server does per request).
+func processCommand() {
+    let manager = ControlFixtures.makeManager()
+    let command = try! JSONParser.parse(ControlFixtures.smallCommand)
+    let n = 200_000
+    var sink = 0
+    for _ in 0..<10_000 { manager.processCommand(command) { if case .object(let o) = $0 { sink &+= o.count } } }
+    let t0 = nowNs()
+    for _ in 0..<n { manager.processCommand(command) { if case .object(let o) = $0 { sink &+= o.count } } }
+    let t1 = nowNs()
+    for _ in 0..<10_000 { manager.processCommandBytes(ControlFixtures.smallCommand) { sink &+= $0.count } }
+    let t2 = nowNs()
+    for _ in 0..<n { manager.processCommandBytes(ControlFixtures.smallCommand) { sink &+= $0.count } }
+    let t3 = nowNs()
+    blackHole(sink)
+    let a = Double(t1 - t0) / Double(n)
+    let b = Double(t3 - t2) / Double(n)
+    print(#"{"impl":"ioloop","workload":"process_command","ops":\#(n),"ns_per_op":\#(fmt(a, 1)),"ops_per_s":\#(fmt(1e9 / a, 1)),"bytes_ns_per_op":\#(fmt(b, 1)),"bytes_ops_per_s":\#(fmt(1e9 / b, 1))}"#)
+}
+
+@inline(never)
+func blackHole<T>(_ x: T) { withExtendedLifetime(x) {} }
+
 let workloads: [(String, () throws -> Void)] = [
     ("idle_poll", idlePoll), ("post_poll_1", postPoll1), ("post_poll_1000", postPoll1000),
     ("cross_thread", crossThread), ("wakeup_latency", wakeupLatency), ("timers", timers),
+    ("framer_parser_small", framerParserSmall), ("framer_parser_1mib", framerParser1MiB),
+    ("process_command", processCommand),
 ]
 let which = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "all"
 var ran = 0
@@ -159,7 +209,7 @@ for (name, body) in workloads where which == "all" || which == name {
     ran += 1
 }
 if ran == 0 {
-    let usage = "usage: ioloop-bench [all|idle_poll|post_poll_1|post_poll_1000|cross_thread|wakeup_latency|timers]\n"
+    let usage = "usage: ioloop-bench [all|" + workloads.map(\.0).joined(separator: "|") + "]\n"
     _ = usage.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
     exit(2)
 }
