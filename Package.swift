@@ -34,8 +34,6 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Socket benchmarks (compare with Benchmarks/c/libev_bench.c): swift run -c release SocketBench bulk|conn
-        .executableTarget(name: "SocketBench", dependencies: ["IOLoop"], path: "Benchmarks/SocketBench"),
         .executableTarget(
             name: "packet-server",
             dependencies: [

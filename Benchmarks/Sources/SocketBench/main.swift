@@ -1,6 +1,10 @@
-// Socket benchmarks for IOLoop, mirroring Benchmarks/c/libev_bench.c workload for workload.
+// Socket benchmarks for IOLoop, mirroring Comparators/socket_libev_bench.c workload for workload.
 //   swift run -c release SocketBench bulk [MiB]   — UNIX stream bulk read, 64 KiB reads into one reused buffer
 //   swift run -c release SocketBench conn [count] — accept + read + write + close per connection
+//   SocketBench read <socket path>                — compare's bulk_read reader: listens, accepts one connection
+//                                                    (the writer is `bulk-stream write`), reads to EOF with 64 KiB
+//                                                    reads into one reused buffer, prints one JSON line exactly
+//                                                    like `bulk-stream read` (the C libev reader).
 import Glibc
 import IOLoop
 
@@ -135,9 +139,59 @@ func conn(_ count: Int) throws {
     )
 }
 
+/// Reads one accepted connection to EOF; times first byte → EOF like bulk_stream.c's reader.
+final class ListenReader {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+    var socket: UnixStreamSocket?
+    var total = 0
+    var tFirst: UInt64 = 0
+    var tLast: UInt64 = 0
+
+    func onRead(_ error: IOError?, _ n: Int) {
+        guard let socket else { return }
+        if error != nil {
+            tLast = monotonicNs()
+            socket.close()
+            return
+        }
+        if total == 0 { tFirst = monotonicNs() }
+        total += n
+        socket.asyncReadSome(into: buffer) { [unowned self] e, n in self.onRead(e, n) }
+    }
+}
+
+func monotonicNs() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func listenRead(_ path: String) throws {
+    let io = try IOService()
+    unlink(path)
+    let acceptor = try UnixStreamAcceptor(io, path: path, options: UnixAcceptorOptions(backlog: 1))
+    let reader = ListenReader()
+    acceptor.asyncAccept { result in
+        acceptor.close()
+        guard case .success(let s) = result else { return }
+        reader.socket = s
+        s.asyncReadSome(into: reader.buffer) { [unowned reader] e, n in reader.onRead(e, n) }
+    }
+    print("ready \(path)")
+    fflush(nil)
+    try io.run()
+    unlink(path)
+    let secs = Double(reader.tLast &- reader.tFirst) / 1e9
+    let mbps = secs > 0 ? Double(reader.total) / 1_048_576 / secs : 0
+    print(#"{"impl":"ioloop","workload":"bulk_read","bytes":\#(reader.total),"mb_per_s":\#((mbps * 10).rounded() / 10)}"#)
+}
+
 let args = CommandLine.arguments
 let mode = args.count > 1 ? args[1] : "bulk"
-if mode == "bulk" {
+if mode == "read" {
+    guard args.count > 2 else { fatalError("usage: SocketBench read <socket path>") }
+    try listenRead(args[2])
+} else if mode == "bulk" {
     try bulk(args.count > 2 ? Int(args[2])! : 8192)
 } else {
     try conn(args.count > 2 ? Int(args[2])! : 20000)

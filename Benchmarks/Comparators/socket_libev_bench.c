@@ -1,4 +1,4 @@
-// C libev reference for Benchmarks/SocketBench: the same two workloads, written the plain libev way.
+// C libev reference for Benchmarks/Sources/SocketBench: the same two workloads, written the plain libev way.
 //   bulk:  a writer thread sends TOTAL bytes over a UNIX socketpair in 64 KiB blocking writes; the loop reads
 //          64 KiB per readiness callback until EOF.
 //   conn:  a client thread does connect, write 64 B, read 64 B, close N times against a UNIX listener; the
