@@ -53,13 +53,20 @@ public final class IOService: @unchecked Sendable {
 
     // MARK: queues
 
+    // Loop-thread state. Exclusivity is guaranteed by the one-runner rule (enforced in `enter()`), so the
+    // runtime's dynamic exclusivity checks are switched off on these hot properties.
+
     /// Ready handlers, touched only by the thread running the service.
-    private var ready = Deque<Work>()
+    @exclusivity(unchecked) private var ready = Deque<Work>()
+    /// An empty queue with capacity, swapped with the shared one under the lock (no copy, no allocation).
+    @exclusivity(unchecked) private var spare = Deque<Work>()
     /// How many items of `ready` come before the reactor sentinel (Asio's task_operation_ marker).
-    private var batchRemaining = 0
+    @exclusivity(unchecked) private var batchRemaining = 0
+    /// Handlers run but not yet subtracted from `outstanding` (flushed at every batch boundary).
+    @exclusivity(unchecked) private var finishedUnflushed = 0
 
     private struct Shared {
-        var handlers = Deque<@Sendable () throws -> Void>()
+        var handlers = Deque<Work>()
         var events: [@Sendable () -> Void] = []
     }
     /// Handlers posted from outside the running thread, and internal events from other threads.
@@ -72,17 +79,23 @@ public final class IOService: @unchecked Sendable {
     private let outstanding = Atomic<Int>(0)
     private let stoppedFlag = Atomic<Bool>(false)
     private let wakePending = Atomic<Bool>(false)
+    /// True while a thread may be blocked waiting for this service: in a blocking `ev_run`, or a host that
+    /// asked `timeUntilNextEvent()` and has not called back into run/poll yet. Only then do other threads
+    /// pay for an eventfd write (Asio's `task_interrupted_`).
+    private let sleeping = Atomic<Bool>(false)
     private let owner = Atomic<UInt>(0)
-    private var depth = 0
+    @exclusivity(unchecked) private var depth = 0
     private let isShutDown = Atomic<Bool>(false)
 
     // MARK: timers (loop thread)
 
     let timers = TimerHeap()
     /// The deadline the timerfd is armed for (`UInt64.max` = disarmed).
-    private var armedDeadline = UInt64.max
+    @exclusivity(unchecked) private var armedDeadline = UInt64.max
+    /// Set by the timerfd callback: a deadline was reached, so the heap must be checked against the clock.
+    @exclusivity(unchecked) private var timerFired = false
     /// Set when a watcher was started or stopped outside `ev_run`, so the kernel state may be stale.
-    var watchersChanged = false
+    @exclusivity(unchecked) var watchersChanged = false
 
     private let embedding = Mutex<Int32?>(nil)
     private var shutdownHooks: [ObjectIdentifier: () -> Void] = [:]
@@ -248,7 +261,7 @@ public final class IOService: @unchecked Sendable {
             ready.append(.handler(handler))
             return
         }
-        shared.withLock { $0.handlers.append(handler) }
+        shared.withLock { $0.handlers.append(.handler(handler)) }
         signalShared()
     }
 
@@ -330,6 +343,9 @@ public final class IOService: @unchecked Sendable {
     /// Coalesced: one write until the loop has drained it. Async-signal-safe.
     @inline(__always)
     private func wake() {
+        // Nobody can be blocked: the loop re-checks `sharedPending` and `stopped` after setting `sleeping`
+        // and before it blocks (a Dekker handshake: both sides store, then load, sequentially consistent).
+        guard sleeping.load(ordering: .sequentiallyConsistent) else { return }
         if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
             var one: UInt64 = 1
             _ = write(wakeFD, &one, 8)
@@ -349,6 +365,7 @@ public final class IOService: @unchecked Sendable {
         var expirations: UInt64 = 0
         _ = read(timerFD, &expirations, 8)
         armedDeadline = UInt64.max
+        timerFired = true
     }
 
     // MARK: - The drain
@@ -360,7 +377,11 @@ public final class IOService: @unchecked Sendable {
             return 0
         }
         enter()
-        defer { leave() }
+        sleeping.store(false, ordering: .relaxed)
+        defer {
+            flushFinished()
+            leave()
+        }
         var count = 0
         while count < limit {
             if stoppedFlag.load(ordering: .relaxed) { break }
@@ -370,10 +391,13 @@ public final class IOService: @unchecked Sendable {
                 // The queue can't be empty here: only this thread removes from it.
                 let work = ready.removeFirst()
                 count += 1
+                finishedUnflushed += 1
                 try invoke(work)
                 continue
             }
             // Batch boundary: the reactor sentinel came round. Re-sample I/O, timers and other threads.
+            flushFinished()
+            if stoppedFlag.load(ordering: .relaxed) { break }
             if blocking {
                 if ready.isEmpty {
                     if outstanding.load(ordering: .acquiring) == 0 {
@@ -394,13 +418,21 @@ public final class IOService: @unchecked Sendable {
         return count
     }
 
+    /// Subtracts the handlers run since the last flush from the outstanding work, once per batch instead of
+    /// once per handler. Until then the counter over-states the work, so another thread's `WorkGuard.reset()`
+    /// can never see it reach zero early.
     @inline(__always)
-    private func invoke(_ work: Work) throws {
-        defer {
-            if outstanding.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-                stop()
-            }
+    private func flushFinished() {
+        guard finishedUnflushed > 0 else { return }
+        let n = finishedUnflushed
+        finishedUnflushed = 0
+        if outstanding.subtract(n, ordering: .acquiringAndReleasing).newValue == 0 {
+            stop()
         }
+    }
+
+    @inline(__always)
+    private func invoke(_ work: consuming Work) throws {
         switch work {
         case .handler(let h): try h()
         case .status(let h, let e): try h(e)
@@ -446,7 +478,16 @@ public final class IOService: @unchecked Sendable {
         } else {
             armTimerFD(timers.earliestDeadline ?? UInt64.max)
         }
-        ev_run(loop, flags)
+        if flags == Int32(EVRUN_ONCE) {
+            sleeping.store(true, ordering: .sequentiallyConsistent)
+            if sharedPending.load(ordering: .sequentiallyConsistent) || stoppedFlag.load(ordering: .sequentiallyConsistent) {
+                flags = Int32(EVRUN_NOWAIT)
+            }
+            ev_run(loop, flags)
+            sleeping.store(false, ordering: .relaxed)
+        } else {
+            ev_run(loop, flags)
+        }
         watchersChanged = false
         collectShared()
         expireTimers()
@@ -454,19 +495,35 @@ public final class IOService: @unchecked Sendable {
 
     private func collectShared() {
         guard sharedPending.load(ordering: .acquiring) else { return }
-        let (handlers, events) = shared.withLock { state in
+        // Swap the shared queue with an empty spare under the lock: no copy, no allocation, no per-item
+        // retain/release on this side.
+        var batch = TransferBox(spare)
+        spare = Deque()
+        let events = shared.withLock { state -> TransferBox<[@Sendable () -> Void]> in
             sharedPending.store(false, ordering: .relaxed)
-            let result = (state.handlers, state.events)
-            state.handlers.removeAll(keepingCapacity: true)
+            swap(&state.handlers, &batch.value)
+            if state.events.isEmpty { return TransferBox([]) }
+            let events = state.events
             state.events.removeAll(keepingCapacity: true)
-            return result
+            return TransferBox(events)
         }
-        for event in events { event() }
-        for h in handlers { ready.append(.handler(h)) }
+        for event in events.value { event() }
+        if ready.isEmpty {
+            swap(&ready, &batch.value)
+            spare = batch.value
+        } else {
+            ready.append(contentsOf: batch.value)
+            batch.value.removeAll(keepingCapacity: true)
+            spare = batch.value
+        }
     }
 
     private func expireTimers() {
         guard let first = timers.earliestDeadline else { return }
+        // Cheap early-out for the idle poll with a far timer: the coarse clock (no TSC read) lags the real one
+        // by less than its resolution, so a deadline beyond coarse + 2 ticks can't have passed yet.
+        if !timerFired && first > SteadyInstant.coarseNow() &+ SteadyInstant.coarseMargin { return }
+        timerFired = false
         let now = SteadyInstant.now().nanoseconds
         guard first <= now else { return }
         // Re-checked against the monotonic clock: a timer never fires before its deadline.
@@ -475,9 +532,11 @@ public final class IOService: @unchecked Sendable {
         }
     }
 
-    /// Arms the timerfd for an absolute monotonic deadline (or disarms it), only when it changes.
+    /// Arms the timerfd for an absolute monotonic deadline, only when it moves earlier. A later or absent
+    /// deadline leaves the old arming in place: it fires early at worst (one spurious wake-up, re-armed then),
+    /// which saves a system call whenever a timer is cancelled — every control connection does that.
     private func armTimerFD(_ deadline: UInt64) {
-        if deadline == armedDeadline { return }
+        if deadline >= armedDeadline { return }
         armedDeadline = deadline
         var spec = itimerspec()
         if deadline != UInt64.max {
@@ -520,8 +579,10 @@ public final class IOService: @unchecked Sendable {
     /// armed operation. Round the result up, never down, when converting to milliseconds.
     /// Thread contract: the thread that drives the service. libuv counterpart: `uv_backend_timeout`.
     public func timeUntilNextEvent() -> Duration? {
-        if !ready.isEmpty || sharedPending.load(ordering: .acquiring) { return .zero }
-        if watchersChanged || (timers.earliestDeadline ?? UInt64.max) != armedDeadline {
+        // From here until the next run/poll call, other threads wake the host through the descriptor.
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        if !ready.isEmpty || sharedPending.load(ordering: .sequentiallyConsistent) { return .zero }
+        if watchersChanged || (timers.earliestDeadline ?? UInt64.max) < armedDeadline {
             reactorStep(block: false, deadline: nil)
             if !ready.isEmpty { return .zero }
         }
@@ -558,6 +619,7 @@ public final class IOService: @unchecked Sendable {
         for hook in hooks.values { hook() }
         ready.removeAll()
         batchRemaining = 0
+        finishedUnflushed = 0
         shared.withLock {
             $0.handlers.removeAll()
             $0.events.removeAll()
@@ -565,6 +627,13 @@ public final class IOService: @unchecked Sendable {
         timers.removeAll()
         outstanding.store(0, ordering: .releasing)
     }
+}
+
+/// Moves a non-Sendable value across the `Mutex` boundary. Safe here: the value is only ever touched by
+/// the loop thread on one side and under the lock on the other.
+private struct TransferBox<T>: @unchecked Sendable {
+    var value: T
+    init(_ value: T) { self.value = value }
 }
 
 // MARK: - libev callbacks (C convention; they only record events)

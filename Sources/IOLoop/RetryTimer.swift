@@ -5,7 +5,7 @@
 /// backlog is full. Loop-thread only.
 final class RetryTimer: TimerNode {
     let service: IOService
-    var heapIndex = -1
+    @exclusivity(unchecked) var heapIndex = -1
     var action: (() -> Void)?
 
     init(_ service: IOService) {

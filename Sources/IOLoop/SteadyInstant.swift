@@ -19,6 +19,22 @@ public struct SteadyInstant: Comparable, Hashable, Sendable, CustomStringConvert
         return SteadyInstant(nanoseconds: UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec))
     }
 
+    /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the last tick's value, cheaper than `now()` and never ahead
+    /// of it; behind it by less than `coarseMargin`.
+    @inline(__always)
+    static func coarseNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
+    /// Two ticks of the coarse clock: a safe bound on how far it lags the precise one.
+    static let coarseMargin: UInt64 = {
+        var res = timespec()
+        clock_getres(CLOCK_MONOTONIC_COARSE, &res)
+        return 2 * (UInt64(res.tv_sec) &* 1_000_000_000 &+ UInt64(res.tv_nsec))
+    }()
+
     /// An instant before every real one; a timer set to it is already expired.
     public static let distantPast = SteadyInstant(nanoseconds: 0)
     /// An instant after every real one.

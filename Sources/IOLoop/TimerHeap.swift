@@ -12,11 +12,13 @@ protocol TimerNode: AnyObject {
 /// deadline is O(1), and one kernel timer (our timerfd) is armed for the earliest entry only.
 /// Loop-thread only.
 final class TimerHeap {
+    /// The heap owns one reference to each queued node, taken in `insert` and given back when the node
+    /// leaves; entries hold it unowned(unsafe) so sifting moves them without retain/release traffic.
     private struct Entry {
         var deadline: UInt64
-        var node: any TimerNode
+        unowned(unsafe) var node: any TimerNode
     }
-    private var entries: [Entry] = []
+    @exclusivity(unchecked) private var entries: [Entry] = []
 
     var isEmpty: Bool { entries.isEmpty }
     var count: Int { entries.count }
@@ -27,6 +29,7 @@ final class TimerHeap {
 
     func insert(_ node: any TimerNode, deadline: UInt64) {
         precondition(node.heapIndex < 0, "timer is already queued")
+        _ = Unmanaged<AnyObject>.passRetained(node)
         entries.append(Entry(deadline: deadline, node: node))
         node.heapIndex = entries.count - 1
         siftUp(entries.count - 1)
@@ -35,6 +38,13 @@ final class TimerHeap {
     /// Removes `node` if queued; returns whether it was.
     @discardableResult
     func remove(_ node: any TimerNode) -> Bool {
+        guard unlink(node) else { return false }
+        Unmanaged<AnyObject>.passUnretained(node).release()
+        return true
+    }
+
+    /// Takes `node` out of the heap without giving back the heap's reference.
+    private func unlink(_ node: any TimerNode) -> Bool {
         let i = node.heapIndex
         guard i >= 0 else { return false }
         node.heapIndex = -1
@@ -57,15 +67,20 @@ final class TimerHeap {
     /// Pops the earliest node if its deadline is at or before `now`.
     func popExpired(now: UInt64) -> (any TimerNode)? {
         guard let first = entries.first, first.deadline <= now else { return nil }
-        let node = first.node
-        remove(node)
+        let node = first.node  // a strong reference for the caller
+        _ = unlink(node)
+        Unmanaged<AnyObject>.passUnretained(node).release()  // the heap's own
         return node
     }
 
     /// Drops every entry without expiring it (service shutdown).
     func removeAll() {
-        for e in entries { e.node.heapIndex = -1 }
+        let all = entries
         entries.removeAll()
+        for e in all {
+            e.node.heapIndex = -1
+            Unmanaged<AnyObject>.passUnretained(e.node).release()
+        }
     }
 
     private func siftUp(_ start: Int) {

@@ -15,8 +15,10 @@ public final class SteadyTimer: TimerNode {
     public let service: IOService
     /// The current expiry. A new timer's expiry is in the past.
     public private(set) var expiry: SteadyInstant = .distantPast
-    var heapIndex = -1
-    private var waits: [(IOError?) throws -> Void] = []
+    @exclusivity(unchecked) var heapIndex = -1
+    // The common single wait is kept inline; only further waits allocate an array.
+    private var firstWait: ((IOError?) throws -> Void)?
+    private var moreWaits: [(IOError?) throws -> Void] = []
 
     /// Creates a timer bound to `service`, already expired (as in Asio).
     public init(_ service: IOService) {
@@ -49,7 +51,11 @@ public final class SteadyTimer: TimerNode {
     /// Asio: `async_wait`.
     public func asyncWait(_ handler: @escaping (IOError?) throws -> Void) {
         service.beginWork()
-        waits.append(handler)
+        if firstWait == nil {
+            firstWait = handler
+        } else {
+            moreWaits.append(handler)
+        }
         if heapIndex < 0 {
             service.timers.insert(self, deadline: expiry.nanoseconds)
         }
@@ -59,24 +65,29 @@ public final class SteadyTimer: TimerNode {
     /// queue); returns how many. Asio: `cancel`.
     @discardableResult
     public func cancel() -> Int {
-        let n = waits.count
+        let n = pendingWaits
         guard n > 0 else { return 0 }
         service.timers.remove(self)
-        for w in waits {
-            service.enqueue(.status(w, IOError(.operationAborted, "timer wait")))
-        }
-        waits.removeAll(keepingCapacity: true)
+        complete(IOError(.operationAborted, "timer wait"))
         return n
     }
 
     /// Number of waits not yet completed.
-    public var pendingWaits: Int { waits.count }
+    public var pendingWaits: Int { (firstWait == nil ? 0 : 1) + moreWaits.count }
 
     func expire(now: UInt64) {
-        for w in waits {
-            service.enqueue(.status(w, nil))
+        complete(nil)
+    }
+
+    private func complete(_ error: IOError?) {
+        if let w = firstWait {
+            firstWait = nil
+            service.enqueue(.status(w, error))
         }
-        waits.removeAll(keepingCapacity: true)
+        if !moreWaits.isEmpty {
+            for w in moreWaits { service.enqueue(.status(w, error)) }
+            moreWaits.removeAll(keepingCapacity: true)
+        }
     }
 }
 
@@ -100,7 +111,7 @@ public final class IntervalTimer: TimerNode {
     public let service: IOService
     /// The configured interval, or nil when not set up. Kea: `getInterval()`.
     public private(set) var interval: Duration?
-    var heapIndex = -1
+    @exclusivity(unchecked) var heapIndex = -1
     private var intervalNs: UInt64 = 0
     private var deadline: UInt64 = 0
     private var mode: Mode = .repeating
