@@ -148,7 +148,15 @@ public final class CommandManager: @unchecked Sendable {
         case listCommands
     }
 
-    private var handlers: [String: Entry] = [:]
+    private var handlers: [String: Entry] = [:] {
+
+        didSet { namesCache = nil }
+
+    }
+
+    /// Sorted names and their `list-commands` array, rebuilt only after a registration change.
+
+    private var namesCache: (names: [String], json: JSONValue)?
     private var observers: [(id: Int, observer: Observer)] = []
     private var nextObserverID = 0
     /// The logger used for command logs (received commands at `debug`, handler errors at `warning`).
@@ -226,7 +234,15 @@ public final class CommandManager: @unchecked Sendable {
     public func hasCommand(_ name: String) -> Bool { handlers[name] != nil }
 
     /// The registered command names, sorted (byte order), `list-commands` included.
-    public var commandNames: [String] { handlers.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) } }
+    public var commandNames: [String] { sortedNames().names }
+
+    private func sortedNames() -> (names: [String], json: JSONValue) {
+        if let namesCache { return namesCache }
+        let names = handlers.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        let built = (names, JSONValue.array(names.map { .string($0) }))
+        namesCache = built
+        return built
+    }
 
     /// Adds an observer of every processed command (after validation); returns its id.
     /// Observers run in the order they were added. Kea counterpart: a `command_processed` callout.
@@ -311,8 +327,7 @@ public final class CommandManager: @unchecked Sendable {
         }
         switch entry {
         case .listCommands:
-            let names = commandNames.map { JSONValue.string($0) }
-            finish(validated, ControlAnswer.success(arguments: .array(names)).json, completion)
+            finish(validated, ControlAnswer.success(arguments: sortedNames().json).json, completion)
         case .sync(let handler):
             let response: JSONValue
             do {

@@ -480,14 +480,20 @@ final class ControlConnection {
         state = .closed
         suspendTimer()
         if socket.isOpen {
-            try? socket.shutdown(.write)
-            // Bounded, so a client that keeps streaming cannot hold the loop thread here.
-            var scratch = [UInt8](repeating: 0, count: 65536)
-            var drained = 0
-            while drained < Self.maxDrain {
-                let n = recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
-                if n <= 0 { break }
-                drained += n
+            // The common case — nothing unread — costs one peek and the close. Only a client that sent more
+            // than its command gets the shutdown and the drain.
+            var probe: UInt8 = 0
+            if recv(fd, &probe, 1, Int32(MSG_DONTWAIT | MSG_PEEK)) > 0 {
+                try? socket.shutdown(.write)
+                // Bounded, so a client that keeps streaming cannot hold the loop thread here.
+                var drained = 0
+                withUnsafeTemporaryAllocation(byteCount: 16384, alignment: 16) { scratch in
+                    while drained < Self.maxDrain {
+                        let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+                        if n <= 0 { break }
+                        drained += n
+                    }
+                }
             }
             socket.close()
         }

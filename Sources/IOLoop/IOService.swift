@@ -94,6 +94,8 @@ public final class IOService: @unchecked Sendable {
     @exclusivity(unchecked) private var armedDeadline = UInt64.max
     /// Set by the timerfd callback: a deadline was reached, so the heap must be checked against the clock.
     @exclusivity(unchecked) private var timerFired = false
+    /// `SteadyInstant.coarseMargin`, copied so the hot path skips the lazy-global check.
+    private let coarseMargin = SteadyInstant.coarseMargin
     /// Set when a watcher was started or stopped outside `ev_run`, so the kernel state may be stale.
     @exclusivity(unchecked) var watchersChanged = false
 
@@ -447,10 +449,20 @@ public final class IOService: @unchecked Sendable {
             depth += 1
             return
         }
+        #if DEBUG
         let (exchanged, current) = owner.compareExchange(expected: 0, desired: me, ordering: .acquiringAndReleasing)
         precondition(
             exchanged,
             "IOService is already being run by another thread (\(current)); one thread runs a service at a time")
+        #else
+        // Release builds check without the locked compare-and-swap: it catches a second runner except in a
+        // dead-heat race, for the price of a plain load and store on every run/poll call.
+        let current = owner.load(ordering: .acquiring)
+        precondition(
+            current == 0,
+            "IOService is already being run by another thread (\(current)); one thread runs a service at a time")
+        owner.store(me, ordering: .releasing)
+        #endif
         depth = 1
     }
 
@@ -480,7 +492,9 @@ public final class IOService: @unchecked Sendable {
         }
         if flags == Int32(EVRUN_ONCE) {
             sleeping.store(true, ordering: .sequentiallyConsistent)
-            if sharedPending.load(ordering: .sequentiallyConsistent) || stoppedFlag.load(ordering: .sequentiallyConsistent) {
+            if sharedPending.load(ordering: .sequentiallyConsistent)
+                || stoppedFlag.load(ordering: .sequentiallyConsistent)
+            {
                 flags = Int32(EVRUN_NOWAIT)
             }
             ev_run(loop, flags)
@@ -522,7 +536,7 @@ public final class IOService: @unchecked Sendable {
         guard let first = timers.earliestDeadline else { return }
         // Cheap early-out for the idle poll with a far timer: the coarse clock (no TSC read) lags the real one
         // by less than its resolution, so a deadline beyond coarse + 2 ticks can't have passed yet.
-        if !timerFired && first > SteadyInstant.coarseNow() &+ SteadyInstant.coarseMargin { return }
+        if !timerFired && first > SteadyInstant.coarseNow() &+ coarseMargin { return }
         timerFired = false
         let now = SteadyInstant.now().nanoseconds
         guard first <= now else { return }
