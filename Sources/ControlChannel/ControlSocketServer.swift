@@ -285,6 +285,8 @@ final class ControlConnection {
     private var timerGeneration: UInt64 = 0
     private var answer: [UInt8] = []
     private var written = 0
+    /// False once a complete command ended exactly at the end of a short read; see `finish()`.
+    private var mayHaveUnreadInput = true
     private let fd: Int32
 
     /// Reads start with a small buffer (10 000 idle connections stay cheap) that grows when a read fills it.
@@ -343,6 +345,11 @@ final class ControlConnection {
                 return
             }
             let result = framer.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            if case .complete(let consumed) = result {
+                // The command ended exactly where a short read ended: nothing else was queued then, so the
+                // close can skip the probe for unread input (one system call per connection).
+                mayHaveUnreadInput = consumed < n || n == buffer.count
+            }
             if n == buffer.count && buffer.count < Self.largeBuffer {
                 buffer.deallocate()
                 buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
@@ -483,7 +490,7 @@ final class ControlConnection {
             // The common case — nothing unread — costs one peek and the close. Only a client that sent more
             // than its command gets the shutdown and the drain.
             var probe: UInt8 = 0
-            if recv(fd, &probe, 1, Int32(MSG_DONTWAIT | MSG_PEEK)) > 0 {
+            if mayHaveUnreadInput && recv(fd, &probe, 1, Int32(MSG_DONTWAIT | MSG_PEEK)) > 0 {
                 try? socket.shutdown(.write)
                 // Bounded, so a client that keeps streaming cannot hold the loop thread here.
                 var drained = 0
