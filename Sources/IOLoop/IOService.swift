@@ -435,7 +435,7 @@ public final class IOService: @unchecked Sendable {
 
     @inline(__always)
     private func invoke(_ work: consuming Work) throws {
-        switch work {
+        switch consume work {
         case .handler(let h): try h()
         case .status(let h, let e): try h(e)
         case .count(let h, let r): try h(r)
