@@ -8,10 +8,8 @@
 // Oracles: every complete command is answered exactly once; the answer is compact valid JSON, a map with an
 // integer `result` in 0...4 and `arguments`; it re-parses and re-serializes to the same bytes.
 import ControlChannel
-
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Glibc
+import IOLoop
 
 /// A failed oracle: prints why (release builds drop precondition messages) and traps for libFuzzer.
 private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
@@ -23,7 +21,6 @@ private func failure(_ message: String) -> Never {
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     abort()
 }
-import IOLoop
 
 private struct Pair: Decodable {
     var a: Int

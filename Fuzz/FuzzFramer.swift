@@ -7,10 +7,7 @@
 // - a complete value either parses or gets a parse error; a parsed value serializes and re-parses to itself;
 // - processCommandBytes answers every complete value synchronously with a JSON map holding an integer result.
 import ControlChannel
-
-#if canImport(Glibc)
-    import Glibc
-#endif
+import Glibc
 
 /// A failed oracle: prints why (release builds drop precondition messages) and traps for libFuzzer.
 private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
