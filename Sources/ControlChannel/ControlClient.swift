@@ -199,7 +199,13 @@ public final class ControlClient: Sendable {
                         continuation.resume(returning: .failure(.cancelled(path: path)))
                         return
                     }
-                    let exchange = ControlExchange(service: service, parameters) { continuation.resume(returning: $0) }
+                    let exchange = ControlExchange(service: service, parameters) { result in
+                        // Drop the exchange here, on the loop thread: if the awaiting task released it with the
+                        // token, its socket's deinit would touch this IOService from a foreign thread.
+                        token.exchange = nil
+                        continuation.resume(returning: result)
+                    }
+                    exchange.mustDieOnTheLoopThread = true
                     token.exchange = UncheckedBox(exchange)
                     exchange.start()
                 }
@@ -340,6 +346,12 @@ final class ControlExchange {
 
     private static let readSize = 65536
 
+    /// Exchanges that had to die on their loop's thread (those of the async API) but were released on
+    /// another thread. Must stay 0: a socket's deinit touches its IOService. For tests.
+    static let releasedOffTheLoopThread = Atomic<Int>(0)
+    /// Set by the async API: count a release off the loop thread in ``releasedOffTheLoopThread``.
+    var mustDieOnTheLoopThread = false
+
     init(service: IOService, _ parameters: ExchangeParameters, completion: @escaping (ExchangeResult) -> Void) {
         self.service = service
         self.parameters = parameters
@@ -349,6 +361,9 @@ final class ControlExchange {
     }
 
     deinit {
+        if mustDieOnTheLoopThread && !service.runningInThisThread {
+            Self.releasedOffTheLoopThread.add(1, ordering: .relaxed)
+        }
         buffer?.deallocate()
     }
 

@@ -46,7 +46,8 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 ///   surrogates rejected; raw bytes must be valid UTF-8 (overlong forms, encoded surrogates and code points
 ///   above U+10FFFF are rejected) and control characters must be escaped.
 /// - Numbers without fraction or exponent become `.integer` and must fit in `Int64` (else an error, as Kea's
-///   "Number overflow"); others become `.double` (correctly rounded).
+///   "Number overflow"); others become `.double` (correctly rounded) and must be finite (`1e400` is an error,
+///   not an infinity that would serialize as `null`; `1e-400` rounds to 0).
 /// - Repeated map keys: the last value wins, at the position of the first (as Kea's map `set`).
 /// - Nesting deeper than `maxDepth` containers is an error; the parser never recurses, so any depth is safe.
 ///
@@ -572,6 +573,9 @@ private struct ParserCore {
         // General case: the standard library's correctly rounded conversion (locale-independent).
         let text = String(decoding: UnsafeBufferPointer(start: base + start, count: i - start), as: UTF8.self)
         guard let d = Double(text) else { throw error("invalid number", at: start) }
+        // Beyond ±1.8e308 the conversion gives an infinity, which JSON cannot carry: it would come back as
+        // `null` (found by Fuzz/run framer). Refuse it, as integers out of range are refused.
+        guard d.isFinite else { throw error("number out of range (beyond the 64-bit floating-point range)", at: start) }
         return .double(d)
     }
 }

@@ -307,4 +307,26 @@ struct ControlClientTests {
         let result = await task.result
         #expect(throws: ControlClientError.cancelled(path: h.path)) { try result.get() }
     }
+
+    /// TSan finding (SEGV in IOService.removeShutdownHook from CancelToken's deinit): the async API's exchange,
+    /// held by the call's CancelToken, was released by the awaiting task's thread after the answer, so its
+    /// socket's deinit mutated the client loop's IOService from a foreign thread while the loop ran.
+    @Test func asyncExchangesAreReleasedOnTheClientLoopThread() async throws {
+        let h = try ServerHarness()
+        defer { h.stop() }
+        let before = ControlExchange.releasedOffTheLoopThread.load(ordering: .relaxed)
+        let client = ControlClient(socketPath: h.path)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<50 {
+                group.addTask {
+                    let answer = try await client.send("echo")
+                    #expect(answer.json["result"] == 0)
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Let the loop finish releasing what it still holds.
+        _ = await eventually(.seconds(1)) { false }
+        #expect(ControlExchange.releasedOffTheLoopThread.load(ordering: .relaxed) == before)
+    }
 }

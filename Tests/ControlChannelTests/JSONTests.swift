@@ -47,11 +47,28 @@ struct JSONTests {
             "0.1", "0.3", "3.141592653589793", "1e-300", "1.7976931348623157e308", "5e-324",
             "2.2250738585072014e-308", "123456789012345678.5", "0.000000000000000000000000000001",
             "9007199254740993.0", "1.00000000000000011102", "4.9406564584124654e-324", "100000000000000000000000.0",
-            "0.1e1", "12345.6789e-3", "-0.0", "1e400", "1e-400",
+            "0.1e1", "12345.6789e-3", "-0.0", "1e-400",
         ]
         for s in samples {
             #expect(try parse(s) == .double(Double(s)!), "\(s)")
         }
+    }
+
+    /// Fuzz finding (Fuzz/run framer): `1.5e3372036854775808` parsed to an infinity, which serializes as `null`, so
+    /// an echoed or stored value silently changed. Numbers beyond the double range are now parse errors.
+    @Test func doublesBeyondTheRangeAreErrors() throws {
+        let beyond = ["1e400", "-1e400", "1.5e3372036854775808", "-6666666666666e666609", "1.8e308"]
+        for s in beyond {
+            #expect(parseError(s)?.reason.contains("out of range") == true, "\(s)")
+        }
+        #expect(try parse("1.7976931348623157e308") == .double(.greatestFiniteMagnitude))
+        #expect(try parse("1e-400") == .double(0))
+        var answer: [UInt8] = []
+        let command = #"{"command":"x","arguments":{"x":[1.5e3372036854775808]}}"#
+        CommandManager().processCommandBytes(Array(command.utf8)) { answer = $0 }
+        let parsed = try JSONParser.parse(answer)
+        #expect(parsed["result"] == 1)
+        #expect(parsed["text"]?.stringValue?.hasPrefix("number out of range") == true)
     }
 
     @Test func invalidNumbers() {

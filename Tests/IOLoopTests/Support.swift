@@ -1,4 +1,5 @@
 import CLibev
+import Glibc
 
 @testable import IOLoop
 
@@ -47,3 +48,12 @@ final class ReadableOnce {
         watcher.deallocate()
     }
 }
+
+/// How much slower a sanitizer makes this process (ThreadSanitizer ~10x CPU, AddressSanitizer ~3x): CPU
+/// budgets of the tests are multiplied by it. 1 in a plain build. Detected from the sanitizer runtime's symbols.
+let sanitizerSlowdown: Int = {
+    let me = dlopen(nil, RTLD_NOW)
+    if dlsym(me, "__tsan_init") != nil { return 10 }
+    if dlsym(me, "__asan_init") != nil { return 3 }
+    return 1
+}()

@@ -35,8 +35,12 @@ final class ServerProcess: @unchecked Sendable {
     private var collected = ""
     private var outputClosed = false
 
-    /// Starts packet-server with `config` written to `<dir>/config.json` (or no config when nil).
-    init(config: String?, extraArguments: [String] = [], dir: String = makeTempDir()) throws {
+    /// Starts packet-server with `config` written to `<dir>/config.json` (or no config when nil). With
+    /// `descriptorLimit`, the child runs under that RLIMIT_NOFILE (through `sh -c 'ulimit -n N; exec ...'`, so
+    /// the PID is still packet-server's).
+    init(
+        config: String?, extraArguments: [String] = [], dir: String = makeTempDir(), descriptorLimit: Int? = nil
+    ) throws {
         self.dir = dir
         socketPath = dir + "/control.sock"
         var args: [String] = []
@@ -46,8 +50,15 @@ final class ServerProcess: @unchecked Sendable {
                 toFile: path, atomically: true, encoding: .utf8)
             args += ["-c", path]
         }
-        process.executableURL = URL(fileURLWithPath: builtProduct("packet-server"))
-        process.arguments = args + extraArguments
+        if let descriptorLimit {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments =
+                ["-c", "ulimit -n \(descriptorLimit) && exec \"$0\" \"$@\"", builtProduct("packet-server")] + args
+                + extraArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: builtProduct("packet-server"))
+            process.arguments = args + extraArguments
+        }
         process.standardOutput = outPipe
         process.standardError = outPipe
         let sem = exited
