@@ -214,9 +214,6 @@ public final class ControlClient: Sendable {
             token.cancelled.store(true, ordering: .releasing)
             service.post { token.exchange?.value.cancel() }
         }
-        // The exchange owns a socket of the client's loop: its last reference must go on that loop's thread
-        // (a socket's deinit stops libev watchers), never on whichever thread resumes this task.
-        service.post { token.exchange = nil }
         return try result.get().response(path: path)
     }
 
