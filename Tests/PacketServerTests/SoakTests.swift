@@ -109,8 +109,10 @@ struct PacketServerSoakTests {
         }
         let elapsed = ContinuousClock.now - start
         let endRSS = residentKiB(of: pid)
-        let endFDs = descriptorCount(of: pid)
         let w = try #require(warm.withLock { $0 })
+        // The last connections may still be closing on the server side: let them settle.
+        _ = waitUntilTrue(.seconds(5)) { descriptorCount(of: pid) <= w.fds }
+        let endFDs = descriptorCount(of: pid)
         let peak = max(peakRSS.load(ordering: .relaxed), endRSS)
         let growth = Double(peak - w.rss) / Double(w.rss) * 100
         soakReport(
