@@ -204,8 +204,8 @@ final class PacketServer {
             old?.stop()
             if new.threads > 0 {
                 let counters = self.counters
-                pool = WorkerPool(threads: new.threads, capacity: new.packetQueueSize) { job in
-                    counters.handle(job)
+                pool = WorkerPool(threads: new.threads, capacity: new.packetQueueSize) { job, reply in
+                    counters.handle(job, reply: reply)
                 }
                 pool?.pause()  // balanced by the deferred resume
             }
@@ -415,11 +415,9 @@ final class PacketCounters: Sendable {
         }
     }
 
-    /// Worker-thread entry: same as above with the job's own buffers.
-    func handle(_ job: PacketJob) {
+    /// Worker-thread entry: the job's datagram, answered through the worker's reused reply buffer.
+    func handle(_ job: PacketJob, reply: UnsafeMutableRawBufferPointer) {
         var peer = job.peer
-        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: PacketFormat.maxDatagram, alignment: 16)
-        defer { reply.deallocate() }
         job.bytes.withUnsafeBytes { request in
             handle(request, reply: reply, fd: job.fd, peer: &peer, peerLength: job.peerLength)
         }

@@ -29,13 +29,15 @@ final class WorkerPool: @unchecked Sendable {
     private var exited = 0
     let capacity: Int
     let threadCount: Int
-    private let handler: @Sendable (PacketJob) -> Void
+    private let handler: @Sendable (PacketJob, UnsafeMutableRawBufferPointer) -> Void
 
     // Queue-length samples at submission, for Kea's packet-queue-statistics (last 10, 100, 1000 packets).
     private var samples = [Int](repeating: 0, count: 1000)
     private var sampleCount = 0
 
-    init(threads: Int, capacity: Int, handler: @escaping @Sendable (PacketJob) -> Void) {
+    /// `handler` gets the job and its worker's reply buffer (`PacketFormat.maxDatagram` bytes, reused for
+    /// every packet that worker handles).
+    init(threads: Int, capacity: Int, handler: @escaping @Sendable (PacketJob, UnsafeMutableRawBufferPointer) -> Void) {
         self.threadCount = threads
         self.capacity = capacity
         self.handler = handler
@@ -102,6 +104,8 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private func workerMain() {
+        let reply = UnsafeMutableRawBufferPointer.allocate(byteCount: PacketFormat.maxDatagram, alignment: 16)
+        defer { reply.deallocate() }
         condition.lock()
         while true {
             if paused {
@@ -120,7 +124,7 @@ final class WorkerPool: @unchecked Sendable {
                 }
                 busy += 1
                 condition.unlock()
-                handler(job)
+                handler(job, reply)
                 condition.lock()
                 busy -= 1
                 if paused { condition.broadcast() }
