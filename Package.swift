@@ -8,7 +8,6 @@ let package = Package(
         .library(name: "ControlChannel", targets: ["ControlChannel"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -23,7 +22,6 @@ let package = Package(
             name: "IOLoop",
             dependencies: [
                 "CLibev",
-                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

@@ -1,5 +1,4 @@
 import CLibev
-import DequeModule
 import Glibc
 import Synchronization
 
@@ -7,7 +6,10 @@ import Synchronization
 ///
 /// Completions of the framework's own operations are stored with their result inline, so completing a
 /// timer wait or a read allocates nothing beyond the handler the user already gave us.
-enum Work {
+///
+/// `@unchecked Sendable`: only `.handler` items made from `post`'s `@Sendable` closures ever cross threads (through
+/// the shared queue); every other case is created and consumed on the loop thread.
+enum Work: @unchecked Sendable {
     case handler(() throws -> Void)
     case status((IOError?) throws -> Void, IOError?)
     case count((Result<Int, IOError>) throws -> Void, Result<Int, IOError>)
@@ -57,20 +59,23 @@ public final class IOService: @unchecked Sendable {
     // runtime's dynamic exclusivity checks are switched off on these hot properties.
 
     /// Ready handlers, touched only by the thread running the service.
-    @exclusivity(unchecked) private var ready = Deque<Work>()
+    @exclusivity(unchecked) private var ready = WorkQueue()
     /// An empty queue with capacity, swapped with the shared one under the lock (no copy, no allocation).
-    @exclusivity(unchecked) private var spare = Deque<Work>()
+    @exclusivity(unchecked) private var spare = WorkQueue()
     /// How many items of `ready` come before the reactor sentinel (Asio's task_operation_ marker).
     @exclusivity(unchecked) private var batchRemaining = 0
     /// Handlers run but not yet subtracted from `outstanding` (flushed at every batch boundary).
     @exclusivity(unchecked) private var finishedUnflushed = 0
 
-    private struct Shared {
-        var handlers = Deque<Work>()
-        var events: [@Sendable () -> Void] = []
-    }
-    /// Handlers posted from outside the running thread, and internal events from other threads.
-    private let shared = Mutex(Shared())
+    /// Guards `sharedHandlers` and `sharedEvents`. A plain pthread mutex (Asio's `posix_mutex`) rather than
+    /// `Synchronization.Mutex`: its lock/unlock calls bracket straight-line code, so a posted handler is moved into
+    /// the queue without the closure capture that `withLock` needs (which costs a retain/release pair per post),
+    /// and ThreadSanitizer understands it.
+    private let sharedLock: UnsafeMutablePointer<pthread_mutex_t>
+    /// Handlers posted from outside the running thread (under `sharedLock`).
+    @exclusivity(unchecked) private var sharedHandlers = WorkQueue()
+    /// Internal events from other threads, e.g. signal fan-out (under `sharedLock`).
+    @exclusivity(unchecked) private var sharedEvents: [@Sendable () -> Void] = []
     /// Mirrors "shared is non-empty" so the drain can skip the lock when nothing was posted.
     private let sharedPending = Atomic<Bool>(false)
 
@@ -125,6 +130,8 @@ public final class IOService: @unchecked Sendable {
             throw e
         }
         self.loop = loop
+        sharedLock = .allocate(capacity: 1)
+        pthread_mutex_init(sharedLock, nil)
         self.wakeFD = wfd
         self.timerFD = tfd
         wakeWatcher = .allocate(capacity: 1)
@@ -146,6 +153,8 @@ public final class IOService: @unchecked Sendable {
         ev_loop_destroy(loop)
         wakeWatcher.deallocate()
         timerWatcher.deallocate()
+        pthread_mutex_destroy(sharedLock)
+        sharedLock.deallocate()
         close(wakeFD)
         close(timerFD)
     }
@@ -257,13 +266,17 @@ public final class IOService: @unchecked Sendable {
     ///
     /// Safe from any thread; handlers posted from one thread run in FIFO order. Counts as outstanding work
     /// until it has run. Asio: `boost::asio::post(io_context, handler)`.
-    public func post(_ handler: @escaping @Sendable () throws -> Void) {
-        outstanding.add(1, ordering: .relaxed)
+    public func post(_ handler: consuming @escaping @Sendable () throws -> Void) {
+        // `consuming`: the caller's reference to the closure context moves into the queue, so a post costs no
+        // retain/release pair of its own.
+        outstanding.wrappingAdd(1, ordering: .relaxed)
         if runningInThisThread {
-            ready.append(.handler(handler))
+            ready.append(.handler(consume handler))
             return
         }
-        shared.withLock { $0.handlers.append(.handler(handler)) }
+        pthread_mutex_lock(sharedLock)
+        sharedHandlers.append(.handler(consume handler))
+        pthread_mutex_unlock(sharedLock)
         signalShared()
     }
 
@@ -291,13 +304,13 @@ public final class IOService: @unchecked Sendable {
     /// Counts one pending operation as outstanding work (call when an asynchronous operation starts).
     @inline(__always)
     func beginWork() {
-        outstanding.add(1, ordering: .relaxed)
+        outstanding.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// Ends one unit of outstanding work without running a handler (used by guards and shutdown).
     func endWork() {
         if isShutDown.load(ordering: .acquiring) { return }
-        if outstanding.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+        if outstanding.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
             stop()
         }
     }
@@ -305,7 +318,9 @@ public final class IOService: @unchecked Sendable {
     /// Runs `event` on the loop thread at the next reactor sample, without counting it as a handler.
     /// Safe from any thread; used for signal fan-out.
     func postInternal(_ event: @escaping @Sendable () -> Void) {
-        shared.withLock { $0.events.append(event) }
+        pthread_mutex_lock(sharedLock)
+        sharedEvents.append(event)
+        pthread_mutex_unlock(sharedLock)
         signalShared()
     }
 
@@ -372,6 +387,9 @@ public final class IOService: @unchecked Sendable {
 
     // MARK: - The drain
 
+    // Inlined into each public entry point so `blocking` and `deadline` fold to constants: `poll()` then
+    // compiles to the non-blocking path alone (the idle poll is a host loop's most frequent call).
+    @inline(__always)
     private func drive(limit: Int, blocking: Bool, deadline: UInt64?) throws -> Int {
         if stoppedFlag.load(ordering: .acquiring) { return 0 }
         if outstanding.load(ordering: .acquiring) == 0 {
@@ -428,7 +446,7 @@ public final class IOService: @unchecked Sendable {
         guard finishedUnflushed > 0 else { return }
         let n = finishedUnflushed
         finishedUnflushed = 0
-        if outstanding.subtract(n, ordering: .acquiringAndReleasing).newValue == 0 {
+        if outstanding.wrappingSubtract(n, ordering: .acquiringAndReleasing).newValue == 0 {
             stop()
         }
     }
@@ -443,6 +461,7 @@ public final class IOService: @unchecked Sendable {
         }
     }
 
+    @inline(__always)
     private func enter() {
         let me = UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
         if depth > 0 && owner.load(ordering: .relaxed) == me {
@@ -466,6 +485,7 @@ public final class IOService: @unchecked Sendable {
         depth = 1
     }
 
+    @inline(__always)
     private func leave() {
         depth -= 1
         if depth == 0 {
@@ -475,6 +495,7 @@ public final class IOService: @unchecked Sendable {
 
     /// One reactor sample: sync the timerfd, run libev once (blocking or not), then collect what other
     /// threads sent and every expired timer into the ready queue.
+    @inline(__always)
     private func reactorStep(block: Bool, deadline: UInt64?) {
         var flags = Int32(EVRUN_NOWAIT)
         if block {
@@ -507,36 +528,44 @@ public final class IOService: @unchecked Sendable {
         expireTimers()
     }
 
+    @inline(__always)
     private func collectShared() {
-        guard sharedPending.load(ordering: .acquiring) else { return }
-        // Swap the shared queue with an empty spare under the lock: no copy, no allocation, no per-item
+        if sharedPending.load(ordering: .acquiring) { collectSharedSlow() }
+    }
+
+    private func collectSharedSlow() {
+        // Swap the shared queue with the empty spare under the lock: no copy, no allocation, no per-item
         // retain/release on this side.
-        var batch = TransferBox(spare)
-        spare = Deque()
-        let events = shared.withLock { state -> TransferBox<[@Sendable () -> Void]> in
-            sharedPending.store(false, ordering: .relaxed)
-            swap(&state.handlers, &batch.value)
-            if state.events.isEmpty { return TransferBox([]) }
-            let events = state.events
-            state.events.removeAll(keepingCapacity: true)
-            return TransferBox(events)
-        }
-        for event in events.value { event() }
+        pthread_mutex_lock(sharedLock)
+        sharedPending.store(false, ordering: .relaxed)
+        swap(&sharedHandlers, &spare)
+        var events: [@Sendable () -> Void] = []
+        if !sharedEvents.isEmpty { swap(&events, &sharedEvents) }
+        pthread_mutex_unlock(sharedLock)
+        for event in events { event() }
         if ready.isEmpty {
-            swap(&ready, &batch.value)
-            spare = batch.value
+            swap(&ready, &spare)
         } else {
-            ready.append(contentsOf: batch.value)
-            batch.value.removeAll(keepingCapacity: true)
-            spare = batch.value
+            ready.append(contentsOf: &spare)
         }
     }
 
+    @inline(__always)
     private func expireTimers() {
         guard let first = timers.earliestDeadline else { return }
-        // Cheap early-out for the idle poll with a far timer: the coarse clock (no TSC read) lags the real one
-        // by less than its resolution, so a deadline beyond coarse + 2 ticks can't have passed yet.
-        if !timerFired && first > SteadyInstant.coarseNow() &+ coarseMargin { return }
+        if !timerFired {
+            // No clock read at all in the common case: the timerfd is armed at or before the earliest deadline
+            // (every reactor step arms it first), so its callback sets `timerFired` once that deadline passes. A
+            // deadline that passes after the kernel sample is caught by the next one.
+            if armedDeadline <= first { return }
+            // Otherwise a cheap check: the coarse clock (no TSC read) lags the real one by less than its
+            // resolution, so a deadline beyond coarse + 2 ticks can't have passed yet.
+            if first > SteadyInstant.coarseNow() &+ coarseMargin { return }
+        }
+        expireTimersSlow(first)
+    }
+
+    private func expireTimersSlow(_ first: UInt64) {
         timerFired = false
         let now = SteadyInstant.now().nanoseconds
         guard first <= now else { return }
@@ -634,20 +663,13 @@ public final class IOService: @unchecked Sendable {
         ready.removeAll()
         batchRemaining = 0
         finishedUnflushed = 0
-        shared.withLock {
-            $0.handlers.removeAll()
-            $0.events.removeAll()
-        }
+        pthread_mutex_lock(sharedLock)
+        sharedHandlers.removeAll()
+        sharedEvents.removeAll()
+        pthread_mutex_unlock(sharedLock)
         timers.removeAll()
         outstanding.store(0, ordering: .releasing)
     }
-}
-
-/// Moves a non-Sendable value across the `Mutex` boundary. Safe here: the value is only ever touched by
-/// the loop thread on one side and under the lock on the other.
-private struct TransferBox<T>: @unchecked Sendable {
-    var value: T
-    init(_ value: T) { self.value = value }
 }
 
 // MARK: - libev callbacks (C convention; they only record events)
