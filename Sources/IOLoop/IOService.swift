@@ -4,15 +4,17 @@ import Synchronization
 
 /// One unit of ready work in the service's queue.
 ///
-/// Completions of the framework's own operations are stored with their result inline, so completing a
-/// timer wait or a read allocates nothing beyond the handler the user already gave us.
+/// Kept to three words (24-byte stride): a batch of a thousand posted handlers is written by `post` and read back by
+/// the drain, so the item size is memory traffic per handler. Completions of the framework's own operations carry
+/// no boxed result: a timer wait stores only whether it was aborted, and sockets keep one reusable `IOOperation`
+/// per direction that holds its result.
 ///
 /// `@unchecked Sendable`: only `.handler` items made from `post`'s `@Sendable` closures ever cross threads (through
 /// the shared queue); every other case is created and consumed on the loop thread.
 enum Work: @unchecked Sendable {
     case handler(() throws -> Void)
-    case status((IOError?) throws -> Void, IOError?)
-    case count((Result<Int, IOError>) throws -> Void, Result<Int, IOError>)
+    /// A timer wait completing: nil on expiry, `operationAborted` when `aborted` (cancel or re-arm).
+    case timerWait((IOError?) throws -> Void, aborted: Bool)
     case operation(IOOperation)
 }
 
@@ -99,6 +101,7 @@ public final class IOService: @unchecked Sendable {
     @exclusivity(unchecked) private var armedDeadline = UInt64.max
     /// Set by the timerfd callback: a deadline was reached, so the heap must be checked against the clock.
     @exclusivity(unchecked) private var timerFired = false
+    @exclusivity(unchecked) private var timerSlackNanoseconds: UInt64 = IOService.defaultTimerSlackNanoseconds
     /// `SteadyInstant.coarseMargin`, copied so the hot path skips the lazy-global check.
     private let coarseMargin = SteadyInstant.coarseMargin
     /// Set when a watcher was started or stopped outside `ev_run`, so the kernel state may be stale.
@@ -251,8 +254,29 @@ public final class IOService: @unchecked Sendable {
     /// True when the calling thread is inside a run/poll call of this service.
     /// Asio: `io_context::get_executor().running_in_this_thread()`.
     public var runningInThisThread: Bool {
-        owner.load(ordering: .relaxed) == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
+        // A service nobody runs answers without asking for the thread's identity (a libc call).
+        let current = owner.load(ordering: .relaxed)
+        return current != 0 && current == UInt(bitPattern: Int(bitPattern: UInt(pthread_self())))
     }
+
+    /// How late the service may wake for a timer so that nearby deadlines share one wake-up.
+    ///
+    /// A timer's handler becomes ready no earlier than its deadline (never early, whatever the slack) and, when
+    /// the loop is otherwise idle, no later than deadline + slack. The default, 50 µs, is Linux's default timer
+    /// slack (`PR_GET_TIMERSLACK`): the same coalescing the kernel applies to a thread's own `poll`/`epoll_wait`/
+    /// `nanosleep` timeouts, which a timerfd does not get. With dense
+    /// timers (one every microsecond) it lets the loop sleep between batches instead of waking per deadline.
+    /// Set `.zero` for wake-ups as exact as the kernel allows. Negative values are treated as zero.
+    ///
+    /// Thread contract: the thread that runs the service. libev counterpart: `ev_set_timeout_collect_interval`;
+    /// Linux: `PR_SET_TIMERSLACK`. Asio has no slack of its own.
+    public var timerSlack: Duration {
+        get { .nanoseconds(Int64(clamping: timerSlackNanoseconds)) }
+        set { timerSlackNanoseconds = UInt64(max(0, newValue.nanosecondsClamped)) }
+    }
+
+    /// Linux's default timer slack for a thread (`PR_GET_TIMERSLACK` of a fresh process).
+    static let defaultTimerSlackNanoseconds: UInt64 = 50_000
 
     /// The version of the system libev this process runs with, e.g. "4.33".
     public static var libevVersion: String { "\(ev_version_major()).\(ev_version_minor())" }
@@ -455,8 +479,7 @@ public final class IOService: @unchecked Sendable {
     private func invoke(_ work: consuming Work) throws {
         switch consume work {
         case .handler(let h): try h()
-        case .status(let h, let e): try h(e)
-        case .count(let h, let r): try h(r)
+        case .timerWait(let h, let aborted): try h(aborted ? IOError(.operationAborted, "timer wait") : nil)
         case .operation(let op): try op.invoke()
         }
     }
@@ -498,18 +521,19 @@ public final class IOService: @unchecked Sendable {
     @inline(__always)
     private func reactorStep(block: Bool, deadline: UInt64?) {
         var flags = Int32(EVRUN_NOWAIT)
+        let timerWake = timerWakeDeadline
         if block {
-            var wakeAt = timers.earliestDeadline ?? UInt64.max
+            var wakeAt = timerWake
             if let d = deadline, d < wakeAt { wakeAt = d }
             if wakeAt != UInt64.max && wakeAt <= SteadyInstant.now().nanoseconds {
                 // Something is due already: sample without sleeping.
-                armTimerFD(timers.earliestDeadline ?? UInt64.max)
+                armTimerFD(timerWake)
             } else {
                 armTimerFD(wakeAt)
                 flags = Int32(EVRUN_ONCE)
             }
         } else {
-            armTimerFD(timers.earliestDeadline ?? UInt64.max)
+            armTimerFD(timerWake)
         }
         if flags == Int32(EVRUN_ONCE) {
             sleeping.store(true, ordering: .sequentiallyConsistent)
@@ -555,9 +579,9 @@ public final class IOService: @unchecked Sendable {
         guard let first = timers.earliestDeadline else { return }
         if !timerFired {
             // No clock read at all in the common case: the timerfd is armed at or before the earliest deadline
-            // (every reactor step arms it first), so its callback sets `timerFired` once that deadline passes. A
-            // deadline that passes after the kernel sample is caught by the next one.
-            if armedDeadline <= first { return }
+            // plus the slack (every reactor step arms it first), so its callback sets `timerFired` once that
+            // passes. A deadline that passes after the kernel sample is caught by the next one.
+            if armedDeadline <= timerWakeDeadline { return }
             // Otherwise a cheap check: the coarse clock (no TSC read) lags the real one by less than its
             // resolution, so a deadline beyond coarse + 2 ticks can't have passed yet.
             if first > SteadyInstant.coarseNow() &+ coarseMargin { return }
@@ -573,6 +597,14 @@ public final class IOService: @unchecked Sendable {
         while let node = timers.popExpired(now: now) {
             node.expire(now: now)
         }
+    }
+
+    /// When the reactor must wake for the earliest timer: its deadline plus the slack (`UInt64.max`: no timer).
+    @inline(__always)
+    private var timerWakeDeadline: UInt64 {
+        guard let first = timers.earliestDeadline else { return UInt64.max }
+        let (sum, overflow) = first.addingReportingOverflow(timerSlackNanoseconds)
+        return overflow ? UInt64.max - 1 : min(sum, UInt64.max - 1)
     }
 
     /// Arms the timerfd for an absolute monotonic deadline, only when it moves earlier. A later or absent
@@ -615,7 +647,7 @@ public final class IOService: @unchecked Sendable {
     }
 
     /// How long a host may block before it must call `poll()`: zero when handlers are ready, the time to
-    /// the earliest timer, or nil when only I/O, posts or signals can make work (block indefinitely on
+    /// the earliest timer (plus ``timerSlack``), or nil when only I/O, posts or signals can make work (block indefinitely on
     /// ``pollDescriptor()``).
     ///
     /// Also pushes watcher changes made outside `poll()` to the kernel, so the descriptor reflects every
@@ -625,11 +657,12 @@ public final class IOService: @unchecked Sendable {
         // From here until the next run/poll call, other threads wake the host through the descriptor.
         sleeping.store(true, ordering: .sequentiallyConsistent)
         if !ready.isEmpty || sharedPending.load(ordering: .sequentiallyConsistent) { return .zero }
-        if watchersChanged || (timers.earliestDeadline ?? UInt64.max) < armedDeadline {
+        if watchersChanged || timerWakeDeadline < armedDeadline {
             reactorStep(block: false, deadline: nil)
             if !ready.isEmpty { return .zero }
         }
-        guard let next = timers.earliestDeadline else { return nil }
+        guard timers.earliestDeadline != nil else { return nil }
+        let next = timerWakeDeadline
         let now = SteadyInstant.now().nanoseconds
         return next <= now ? .zero : .nanoseconds(Int64(clamping: next - now))
     }

@@ -6,7 +6,7 @@ protocol TimerNode: AnyObject {
     func expire(now: UInt64)
 }
 
-/// An indexed binary min-heap of timer deadlines (monotonic nanoseconds).
+/// An indexed 4-ary min-heap of timer deadlines (monotonic nanoseconds).
 ///
 /// Asio keeps the same structure (`timer_queue`): insertion and removal are O(log n), the earliest
 /// deadline is O(1), and one kernel timer (our timerfd) is armed for the earliest entry only.
@@ -53,7 +53,7 @@ final class TimerHeap {
             entries[i] = entries[last]
             entries[i].node.heapIndex = i
             entries.removeLast()
-            if i > 0 && entries[i].deadline < entries[(i - 1) / 2].deadline {
+            if i > 0 && entries[i].deadline < entries[(i - 1) >> 2].deadline {
                 siftUp(i)
             } else {
                 siftDown(i)
@@ -83,11 +83,15 @@ final class TimerHeap {
         }
     }
 
+    // A 4-ary heap: half the depth of a binary one, so a pop or push touches half as many entries — and, more
+    // to the point, writes `heapIndex` into half as many timer objects scattered over the heap of the process
+    // (each one a likely cache miss with 100 000 timers queued). The four children of a node are adjacent.
+
     private func siftUp(_ start: Int) {
         var i = start
         let moving = entries[i]
         while i > 0 {
-            let parent = (i - 1) / 2
+            let parent = (i - 1) >> 2
             if entries[parent].deadline <= moving.deadline { break }
             entries[i] = entries[parent]
             entries[i].node.heapIndex = i
@@ -102,11 +106,21 @@ final class TimerHeap {
         let moving = entries[i]
         let n = entries.count
         while true {
-            let left = 2 * i + 1
-            if left >= n { break }
-            var child = left
-            if left + 1 < n && entries[left + 1].deadline < entries[left].deadline { child = left + 1 }
-            if moving.deadline <= entries[child].deadline { break }
+            let first = 4 * i + 1
+            if first >= n { break }
+            var child = first
+            var best = entries[first].deadline
+            var c = first + 1
+            let end = min(first + 4, n)
+            while c < end {
+                let d = entries[c].deadline
+                if d < best {
+                    best = d
+                    child = c
+                }
+                c += 1
+            }
+            if moving.deadline <= best { break }
             entries[i] = entries[child]
             entries[i].node.heapIndex = i
             i = child

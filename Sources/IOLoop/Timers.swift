@@ -68,7 +68,7 @@ public final class SteadyTimer: TimerNode {
         let n = pendingWaits
         guard n > 0 else { return 0 }
         service.timers.remove(self)
-        complete(IOError(.operationAborted, "timer wait"))
+        complete(aborted: true)
         return n
     }
 
@@ -76,16 +76,16 @@ public final class SteadyTimer: TimerNode {
     public var pendingWaits: Int { (firstWait == nil ? 0 : 1) + moreWaits.count }
 
     func expire(now: UInt64) {
-        complete(nil)
+        complete(aborted: false)
     }
 
-    private func complete(_ error: IOError?) {
+    private func complete(aborted: Bool) {
         if let w = firstWait {
             firstWait = nil
-            service.enqueue(.status(w, error))
+            service.enqueue(.timerWait(w, aborted: aborted))
         }
         if !moreWaits.isEmpty {
-            for w in moreWaits { service.enqueue(.status(w, error)) }
+            for w in moreWaits { service.enqueue(.timerWait(w, aborted: aborted)) }
             moreWaits.removeAll(keepingCapacity: true)
         }
     }

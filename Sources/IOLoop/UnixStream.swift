@@ -69,7 +69,8 @@ extension StreamSocket {
     /// Completes an operation that failed before it started, through the queue (never inline).
     func failInitiation(_ error: IOError, _ handler: @escaping (IOError?) throws -> Void) {
         service.beginWork()
-        service.enqueue(.status(handler, error))
+        // Rare (a connect that failed before it started): one small closure allocation is fine here.
+        service.enqueue(.handler { try handler(error) })
     }
 }
 

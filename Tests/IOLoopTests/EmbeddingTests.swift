@@ -137,7 +137,8 @@ struct EmbeddingTests {
         var firedAt: SteadyInstant?
         timer.asyncWait { _ in firedAt = .now() }
         let t = io.timeUntilNextEvent()
-        #expect(t != nil && t! <= .milliseconds(30))
+        // The host may sleep until the deadline plus the service's timer slack, no longer.
+        #expect(t != nil && t! <= .milliseconds(30) + io.timerSlack)
         #expect(try host.iterate(until: .now() + .seconds(10)) { firedAt != nil })
         #expect(firedAt! >= deadline)
         #expect(firedAt! - deadline < .milliseconds(200))

@@ -26,6 +26,43 @@ struct TimerTests {
         #expect(early == 0)
     }
 
+    @Test func tenThousandTimersNeverFireEarlyWithoutSlack() throws {
+        let io = try IOService()
+        io.timerSlack = .zero
+        var early = 0
+        var timers: [SteadyTimer] = []
+        for i in 0..<10_000 {
+            let t = SteadyTimer(io, expiresAfter: .microseconds(i * 3))
+            let deadline = t.expiry
+            t.asyncWait { _ in if SteadyInstant.now() < deadline { early += 1 } }
+            timers.append(t)
+        }
+        #expect(try io.run() == 10_000)
+        #expect(early == 0)
+    }
+
+    @Test func timerSlackDefaultsToLinuxsAndClampsNegative() throws {
+        let io = try IOService()
+        #expect(io.timerSlack == .microseconds(50))
+        io.timerSlack = .milliseconds(3)
+        #expect(io.timerSlack == .milliseconds(3))
+        io.timerSlack = .milliseconds(-1)
+        #expect(io.timerSlack == .zero)
+    }
+
+    /// An idle blocking run() sleeps until deadline + slack: the wake-up is coalesced, never early.
+    @Test func idleRunWakesAtDeadlinePlusSlack() throws {
+        let io = try IOService()
+        io.timerSlack = .milliseconds(30)
+        let t = SteadyTimer(io, expiresAfter: .milliseconds(5))
+        let deadline = t.expiry
+        var ranAt: SteadyInstant?
+        t.asyncWait { _ in ranAt = .now() }
+        #expect(try io.run() == 1)
+        let lateness = try #require(ranAt) - deadline
+        #expect(lateness >= .milliseconds(30))
+    }
+
     @Test func cancelGivesOperationAbortedExactlyOnce() throws {
         let io = try IOService()
         let t = SteadyTimer(io, expiresAfter: .seconds(60))

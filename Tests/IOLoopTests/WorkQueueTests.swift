@@ -13,6 +13,11 @@ import Testing
         }
     }
 
+    /// The drain streams through this memory once per handler: keep an item at three words.
+    @Test func workItemsStayThreeWords() {
+        #expect(MemoryLayout<Work>.stride <= 24)
+    }
+
     @Test func keepsFIFOOrderAcrossWrapAroundAndGrowth() throws {
         var queue = WorkQueue(capacity: 16)
         let seen = Mutex<[Int]>([])
