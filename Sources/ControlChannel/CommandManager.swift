@@ -156,9 +156,9 @@ public final class CommandManager: @unchecked Sendable {
 
     /// Sorted names and their `list-commands` array, rebuilt only after a registration change.
 
-    private var namesCache: (names: [String], json: JSONValue)?
-    private var observers: [(id: Int, observer: Observer)] = []
-    private var nextObserverID = 0
+    @exclusivity(unchecked) private var namesCache: (names: [String], json: JSONValue)?
+    @exclusivity(unchecked) private var observers: [(id: Int, observer: Observer)] = []
+    @exclusivity(unchecked) private var nextObserverID = 0
     /// The logger used for command logs (received commands at `debug`, handler errors at `warning`).
     public let logger: Logger
     /// The nesting limit used when parsing raw commands in ``processCommandBytes(_:completion:)``.

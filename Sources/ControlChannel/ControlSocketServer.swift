@@ -128,12 +128,16 @@ public final class ControlSocketServer {
     /// The command manager that answers.
     public let commandManager: CommandManager
     /// The current configuration.
-    public private(set) var config: ControlSocketConfig
+    // Loop-thread state (the thread contract below): `@exclusivity(unchecked)` drops the runtime's dynamic
+    // exclusivity check, a TLS lookup plus an access-set insert on every access (~40 per control request).
+    @exclusivity(unchecked) public private(set) var config: ControlSocketConfig
     let logger: Logger
-    private var acceptor: UnixStreamAcceptor?
-    private var connections: [ObjectIdentifier: ControlConnection] = [:]
-    private var drainWaiters: [() -> Void] = []
-    private(set) var acceptedCount = 0
+    @exclusivity(unchecked) private var acceptor: UnixStreamAcceptor?
+    @exclusivity(unchecked) private var acceptHandler: ((Result<UnixStreamSocket, IOError>) throws -> Void)?
+    @exclusivity(unchecked) private weak var acceptHandlerFor: UnixStreamAcceptor?
+    @exclusivity(unchecked) private var connections: [ObjectIdentifier: ControlConnection] = [:]
+    @exclusivity(unchecked) private var drainWaiters: [() -> Void] = []
+    @exclusivity(unchecked) private(set) var acceptedCount = 0
 
     /// Opens the socket and starts accepting.
     ///
@@ -225,7 +229,19 @@ public final class ControlSocketServer {
 
     private func acceptNext() {
         guard let acceptor else { return }
-        acceptor.asyncAccept { [weak self, weak acceptor] result in
+        if acceptHandler == nil || acceptHandlerFor !== acceptor {
+            acceptHandler = makeAcceptHandler(for: acceptor)
+            acceptHandlerFor = acceptor
+        }
+        acceptor.asyncAccept(acceptHandler!)
+    }
+
+    /// The accept completion for `acceptor`, made once per listener and reused for every accept (a fresh closure
+    /// per connection cost an allocation each). It holds the server and the listener weakly: no cycle.
+    private func makeAcceptHandler(
+        for acceptor: UnixStreamAcceptor
+    ) -> (Result<UnixStreamSocket, IOError>) throws -> Void {
+        return { [weak self, weak acceptor] result in
             guard let self else { return }
             switch result {
             case .success(let socket):
@@ -272,21 +288,23 @@ final class ControlConnection {
     private let socket: UnixStreamSocket
     private let config: ControlSocketConfig
     private let logger: Logger
-    private var framer: JSONFramer
-    private var state = State.reading
-    private var buffer: UnsafeMutableRawBufferPointer
+    // Loop-thread state (the thread contract below): `@exclusivity(unchecked)` drops the runtime's dynamic
+    // exclusivity check, a TLS lookup plus an access-set insert on every access (~40 per control request).
+    @exclusivity(unchecked) private var framer: JSONFramer
+    @exclusivity(unchecked) private var state = State.reading
+    @exclusivity(unchecked) private var buffer: UnsafeMutableRawBufferPointer
     private let timer: SteadyTimer
     /// When the current timeout (inactivity or write) expires; `distantFuture` while a command runs.
-    private var deadline = SteadyInstant.distantFuture
+    @exclusivity(unchecked) private var deadline = SteadyInstant.distantFuture
     /// The expiry of the pending wait, if one is pending.
-    private var armedExpiry: SteadyInstant?
+    @exclusivity(unchecked) private var armedExpiry: SteadyInstant?
     /// Identifies the pending wait: a wait aborted by re-arming or cancelling completes later, through the
     /// queue, and must then change nothing.
-    private var timerGeneration: UInt64 = 0
-    private var answer: [UInt8] = []
-    private var written = 0
+    @exclusivity(unchecked) private var timerGeneration: UInt64 = 0
+    @exclusivity(unchecked) private var answer: [UInt8] = []
+    @exclusivity(unchecked) private var written = 0
     /// False once a complete command ended exactly at the end of a short read; see `finish()`.
-    private var mayHaveUnreadInput = true
+    @exclusivity(unchecked) private var mayHaveUnreadInput = true
     private let fd: Int32
 
     /// Reads start with a small buffer (10 000 idle connections stay cheap) that grows when a read fills it.

@@ -206,6 +206,14 @@ private struct ParserCore {
         var keyStart: Int
     }
 
+    /// Moves the contents out of `array`, leaving it empty.
+    @inline(__always)
+    private func take<T>(_ array: inout [T]) -> [T] {
+        var taken: [T] = []
+        swap(&taken, &array)
+        return taken
+    }
+
     mutating func parseDocument() throws(JSONParseError) -> JSONValue {
         skipWhitespace()
         if i >= end { throw error("empty input, expected a JSON value", at: i) }
@@ -280,17 +288,27 @@ private struct ParserCore {
                 if frame.isObject && c == ASCII.closeBrace {
                     i += 1
                     frames.removeLast()
-                    value = .object(
-                        JSONObject(parsedKeys: keys[frame.keyStart...], values: values[frame.valueStart...]))
-                    keys.removeSubrange(frame.keyStart...)
-                    values.removeSubrange(frame.valueStart...)
+                    if frame.keyStart == 0 && frame.valueStart == 0 {
+                        // The stacks hold only this map: hand them over whole. Slicing and then truncating would
+                        // share the buffers and make the truncation copy-on-write (two allocations per command).
+                        value = .object(JSONObject(parsedKeys: take(&keys)[...], values: take(&values)[...]))
+                    } else {
+                        value = .object(
+                            JSONObject(parsedKeys: keys[frame.keyStart...], values: values[frame.valueStart...]))
+                        keys.removeSubrange(frame.keyStart...)
+                        values.removeSubrange(frame.valueStart...)
+                    }
                     continue
                 }
                 if !frame.isObject && c == ASCII.closeBracket {
                     i += 1
                     frames.removeLast()
-                    value = .array(Array(values[frame.valueStart...]))
-                    values.removeSubrange(frame.valueStart...)
+                    if frame.valueStart == 0 {
+                        value = .array(take(&values))
+                    } else {
+                        value = .array(Array(values[frame.valueStart...]))
+                        values.removeSubrange(frame.valueStart...)
+                    }
                     continue
                 }
                 throw unexpected(frame.isObject ? "',' or '}' in map" : "',' or ']' in list")

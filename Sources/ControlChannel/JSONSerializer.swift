@@ -14,7 +14,9 @@ extension JSONValue {
     /// escapes every byte >= 0x80 separately; we don't).
     public func serialized() -> [UInt8] {
         var writer = JSONWriter(pretty: false)
-        writer.out.reserveCapacity(64)
+        // One allocation that fits typical answers (list-commands, statistics of a few keys) instead of growing
+        // through 64, 128, 256 and 512 bytes: small allocations cost the same whatever their size.
+        writer.out.reserveCapacity(1024)
         writer.write(self, level: 0)
         return writer.out
     }
@@ -43,8 +45,19 @@ extension JSONValue {
     }
 }
 
-/// Which bytes need escaping inside a JSON string: controls, `"` and `\`.
-private let escapeTable: [Bool] = (0..<256).map { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }
+/// Whether any of the 8 bytes of `w` needs escaping inside a JSON string: a control (< 0x20), `"` or `\`.
+/// Word-at-a-time ("SWAR") tests: exact as a yes/no answer, and ASCII-heavy strings skip 8 bytes per step.
+@inline(__always)
+private func wordNeedsEscape(_ w: UInt64) -> Bool {
+    let ones: UInt64 = 0x0101_0101_0101_0101
+    let highs: UInt64 = 0x8080_8080_8080_8080
+    let below0x20 = (w &- ones &* 0x20) & ~w & highs
+    let quote = w ^ (ones &* 0x22)
+    let backslash = w ^ (ones &* 0x5C)
+    let hasQuote = (quote &- ones) & ~quote & highs
+    let hasBackslash = (backslash &- ones) & ~backslash & highs
+    return (below0x20 | hasQuote | hasBackslash) != 0
+}
 
 struct JSONWriter {
     var out: [UInt8] = []
@@ -140,21 +153,43 @@ struct JSONWriter {
         var string = string
         string.withUTF8 { buffer in
             out.append(0x22)
+            guard let base = buffer.baseAddress else {
+                out.append(0x22)
+                return
+            }
+            let n = buffer.count
             var runStart = 0
             var k = 0
-            let n = buffer.count
-            escapeTable.withUnsafeBufferPointer { table in
-                while k < n {
-                    let b = buffer[k]
-                    if table[Int(b)] {
-                        if runStart < k { out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[runStart..<k])) }
-                        appendEscape(b)
-                        runStart = k + 1
+            while k < n {
+                // Eight bytes per step (the tail padded with 'a'); unescaped runs are copied whole, and most
+                // strings (command names, keys) have no escapes at all.
+                let remaining = n &- k
+                var word: UInt64 = 0x6161_6161_6161_6161
+                if remaining >= 8 {
+                    word = UnsafeRawPointer(base + k).loadUnaligned(as: UInt64.self)
+                } else {
+                    withUnsafeMutableBytes(of: &word) {
+                        $0.baseAddress!.copyMemory(from: base + k, byteCount: remaining)
                     }
-                    k += 1
+                }
+                let end = k &+ min(8, remaining)
+                if !wordNeedsEscape(word) {
+                    k = end
+                    continue
+                }
+                while k < end {
+                    let b = base[k]
+                    if b < 0x20 || b == 0x22 || b == 0x5C {
+                        if runStart < k {
+                            out.append(contentsOf: UnsafeBufferPointer(start: base + runStart, count: k - runStart))
+                        }
+                        appendEscape(b)
+                        runStart = k &+ 1
+                    }
+                    k &+= 1
                 }
             }
-            if runStart < n { out.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[runStart..<n])) }
+            if runStart < n { out.append(contentsOf: UnsafeBufferPointer(start: base + runStart, count: n - runStart)) }
             out.append(0x22)
         }
     }

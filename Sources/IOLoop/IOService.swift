@@ -108,7 +108,7 @@ public final class IOService: @unchecked Sendable {
     @exclusivity(unchecked) var watchersChanged = false
 
     private let embedding = Mutex<Int32?>(nil)
-    private var shutdownHooks: [ObjectIdentifier: () -> Void] = [:]
+    @exclusivity(unchecked) private var shutdownHooks: [ObjectIdentifier: () -> Void] = [:]
 
     /// Creates a service with its own libev loop (epoll backend).
     ///

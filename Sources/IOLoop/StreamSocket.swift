@@ -60,47 +60,50 @@ public class StreamSocket: SocketCompletionTarget {
     /// The service whose run/poll calls complete this socket's operations.
     public let service: IOService
     /// The descriptor, or -1 when closed. Asio: `native_handle()`.
-    public internal(set) var nativeHandle: Int32 = -1
+    @exclusivity(unchecked) public internal(set) var nativeHandle: Int32 = -1
 
-    let readWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
-    let writeWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
+    /// Both libev watchers in one allocation (a socket per control connection makes this a per-request cost).
+    let readWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 2)
+    var writeWatcher: UnsafeMutablePointer<ev_io> { readWatcher + 1 }
     private let readCompletion = SocketCompletion(read: true)
     private let writeCompletion = SocketCompletion(read: false)
 
+    // Loop-thread state (the thread contract below): `@exclusivity(unchecked)` drops the runtime's dynamic
+    // exclusivity check, a TLS lookup plus an access-set insert on every access (~40 per control request).
     // Read side.
-    var readState = OpState.idle
-    private var readBase: UnsafeMutableRawPointer?
-    private var readLength = 0
-    private var readDone = 0
-    private var readExactly = false
-    private var readTarget: IOBuffer?
-    private var readHandler: TransferHandler?
-    private var readError: IOError?
-    private var readKeep: StreamSocket?
-    private(set) var readGeneration: UInt64 = 0
+    @exclusivity(unchecked) var readState = OpState.idle
+    @exclusivity(unchecked) private var readBase: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var readLength = 0
+    @exclusivity(unchecked) private var readDone = 0
+    @exclusivity(unchecked) private var readExactly = false
+    @exclusivity(unchecked) private var readTarget: IOBuffer?
+    @exclusivity(unchecked) private var readHandler: TransferHandler?
+    @exclusivity(unchecked) private var readError: IOError?
+    @exclusivity(unchecked) private var readKeep: StreamSocket?
+    @exclusivity(unchecked) private(set) var readGeneration: UInt64 = 0
     /// The last read filled its buffer, so more data is probably waiting: try the syscall before arming.
-    private var readLikelyReady = true
+    @exclusivity(unchecked) private var readLikelyReady = true
 
     // Write side (also used by connect).
-    var writeState = OpState.idle
-    private var writeBase: UnsafeRawPointer?
-    private var writeLength = 0
-    private var writeDone = 0
-    private var writeArray: [UInt8]?
-    private var writeHandler: TransferHandler?
-    private var writeError: IOError?
-    private var writeKeep: StreamSocket?
-    private(set) var writeGeneration: UInt64 = 0
+    @exclusivity(unchecked) var writeState = OpState.idle
+    @exclusivity(unchecked) private var writeBase: UnsafeRawPointer?
+    @exclusivity(unchecked) private var writeLength = 0
+    @exclusivity(unchecked) private var writeDone = 0
+    @exclusivity(unchecked) private var writeArray: [UInt8]?
+    @exclusivity(unchecked) private var writeHandler: TransferHandler?
+    @exclusivity(unchecked) private var writeError: IOError?
+    @exclusivity(unchecked) private var writeKeep: StreamSocket?
+    @exclusivity(unchecked) private(set) var writeGeneration: UInt64 = 0
 
     // Connect (a write-side operation).
-    private var connecting = false
-    private var connectCandidates: [SocketAddress] = []
-    private var connectIndex = 0
-    private var connectRetryDelay: Duration = .milliseconds(1)
+    @exclusivity(unchecked) private var connecting = false
+    @exclusivity(unchecked) private var connectCandidates: [SocketAddress] = []
+    @exclusivity(unchecked) private var connectIndex = 0
+    @exclusivity(unchecked) private var connectRetryDelay: Duration = .milliseconds(1)
     private lazy var connectRetry = RetryTimer(service)
 
     /// Set when the socket is closed so `TCPSocket` can apply its options on (re)open.
-    var connectNoDelay = true
+    @exclusivity(unchecked) var connectNoDelay = true
 
     required init(service: IOService, adopting fd: Int32) {
         self.service = service
@@ -115,7 +118,6 @@ public class StreamSocket: SocketCompletionTarget {
         stopWatchers()
         closeDescriptor(nativeHandle)
         readWatcher.deallocate()
-        writeWatcher.deallocate()
     }
 
     /// Takes ownership of an open, connected stream descriptor (e.g. from socket activation or `socketpair`),

@@ -153,6 +153,50 @@ struct JSONTests {
         #expect(parseError("\"a\nb\"")?.reason.contains("control character") == true)
     }
 
+    /// Every byte value at every position of strings 1...19 bytes long (so each lands in and across the
+    /// serializer's 8-byte word scan), against a byte-at-a-time reference escaper.
+    @Test func stringEscapingMatchesReferenceAtEveryWordOffset() throws {
+        func reference(_ bytes: [UInt8]) -> [UInt8] {
+            var out: [UInt8] = [0x22]
+            for b in bytes {
+                switch b {
+                case 0x22: out += [0x5C, 0x22]
+                case 0x5C: out += [0x5C, 0x5C]
+                case 0x08: out += [0x5C, 0x62]
+                case 0x0C: out += [0x5C, 0x66]
+                case 0x0A: out += [0x5C, 0x6E]
+                case 0x0D: out += [0x5C, 0x72]
+                case 0x09: out += [0x5C, 0x74]
+                case ..<0x20: out += Array("\\u00".utf8) + Array(String(format2(b)).utf8)
+                default: out.append(b)
+                }
+            }
+            return out + [0x22]
+        }
+        func format2(_ b: UInt8) -> String {
+            let hex = Array("0123456789abcdef")
+            return String([hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+        }
+        for length in 1...19 {
+            for position in 0..<length {
+                for value in UInt8(0)...UInt8(0x7F) {
+                    var bytes = [UInt8](repeating: 0x61, count: length)
+                    bytes[position] = value
+                    let string = String(decoding: bytes, as: UTF8.self)
+                    #expect(
+                        JSONValue.string(string).serialized() == reference(bytes),
+                        "length \(length) at \(position): \(value)")
+                }
+            }
+        }
+        // Non-ASCII passes through unescaped, whatever its word alignment.
+        for prefix in 0..<9 {
+            let string = String(repeating: "a", count: prefix) + "é\"ü\u{1}"
+            let value = try JSONParser.parse(JSONValue.string(string).serialized(), maxDepth: 10)
+            #expect(value == .string(string))
+        }
+    }
+
     @Test func structures() throws {
         let v = try parse(#" { "b" : [1, 2.5, "x", null, true, {}, []], "a": {"c": {"d": [ ]}} } "#)
         #expect(v["b"]?[0] == .integer(1))
