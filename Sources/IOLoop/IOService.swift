@@ -108,7 +108,8 @@ public final class IOService: @unchecked Sendable {
     @exclusivity(unchecked) var watchersChanged = false
 
     private let embedding = Mutex<Int32?>(nil)
-    @exclusivity(unchecked) private var shutdownHooks: [ObjectIdentifier: () -> Void] = [:]
+    /// I/O objects holding handlers that `shutdown()` must release. Unowned: each object leaves in its deinit.
+    @exclusivity(unchecked) private var participants: [ParticipantRef] = []
 
     /// Creates a service with its own libev loop (epoll backend).
     ///
@@ -359,13 +360,25 @@ public final class IOService: @unchecked Sendable {
         }
     }
 
-    /// Registers a closure run by `shutdown()` so an I/O object can drop its pending handlers.
-    func addShutdownHook(_ id: ObjectIdentifier, _ hook: @escaping () -> Void) {
-        shutdownHooks[id] = hook
+    /// Registers an I/O object whose pending handlers `shutdown()` must drop. O(1), no allocation beyond the
+    /// registry's amortized growth: every control connection's socket registers and leaves again.
+    func register(_ participant: any ShutdownParticipant) {
+        precondition(participant.shutdownSlot < 0, "already registered for shutdown")
+        participant.shutdownSlot = participants.count
+        participants.append(ParticipantRef(object: participant))
     }
 
-    func removeShutdownHook(_ id: ObjectIdentifier) {
-        shutdownHooks[id] = nil
+    /// Removes an object registered with `register(_:)` (call from its deinit). O(1): the last entry moves in.
+    func unregister(_ participant: any ShutdownParticipant) {
+        let i = participant.shutdownSlot
+        guard i >= 0 else { return }
+        participant.shutdownSlot = -1
+        let last = participants.count - 1
+        if i != last {
+            participants[i] = participants[last]
+            participants[i].object.shutdownSlot = i
+        }
+        participants.removeLast()
     }
 
     /// Starts a libev I/O watcher, remembering that the kernel registration may need flushing.
@@ -690,9 +703,11 @@ public final class IOService: @unchecked Sendable {
     }
 
     private func releaseEverything() {
-        let hooks = shutdownHooks
-        shutdownHooks.removeAll()
-        for hook in hooks.values { hook() }
+        // Strong references first: dropping one object's handlers may release another registered object.
+        let all = participants.map { $0.object }
+        participants.removeAll()
+        for p in all { p.shutdownSlot = -1 }
+        for p in all { p.dropForShutdown() }
         ready.removeAll()
         batchRemaining = 0
         finishedUnflushed = 0
@@ -703,6 +718,18 @@ public final class IOService: @unchecked Sendable {
         timers.removeAll()
         outstanding.store(0, ordering: .releasing)
     }
+}
+
+/// An I/O object holding handlers of pending operations that `IOService.shutdown()` must release uncalled.
+protocol ShutdownParticipant: AnyObject {
+    /// Position in the service's registry, -1 when not registered. Maintained by `IOService` only.
+    var shutdownSlot: Int { get set }
+    /// Releases every pending handler without calling it.
+    func dropForShutdown()
+}
+
+private struct ParticipantRef {
+    unowned(unsafe) let object: any ShutdownParticipant
 }
 
 // MARK: - libev callbacks (C convention; they only record events)

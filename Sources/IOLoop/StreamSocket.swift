@@ -56,7 +56,7 @@ protocol SocketCompletionTarget: AnyObject {
 /// Thread contract: the thread running `service` (reach it from elsewhere with `service.post`); the async
 /// overloads may be called from any task.
 /// Asio counterpart: `basic_stream_socket`.
-public class StreamSocket: SocketCompletionTarget {
+public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     /// The service whose run/poll calls complete this socket's operations.
     public let service: IOService
     /// The descriptor, or -1 when closed. Asio: `native_handle()`.
@@ -104,17 +104,18 @@ public class StreamSocket: SocketCompletionTarget {
 
     /// Set when the socket is closed so `TCPSocket` can apply its options on (re)open.
     @exclusivity(unchecked) var connectNoDelay = true
+    @exclusivity(unchecked) var shutdownSlot = -1
 
     required init(service: IOService, adopting fd: Int32) {
         self.service = service
         readCompletion.target = self
         writeCompletion.target = self
         if fd >= 0 { attach(fd) }
-        service.addShutdownHook(ObjectIdentifier(self)) { [weak self] in self?.dropForShutdown() }
+        service.register(self)
     }
 
     deinit {
-        service.removeShutdownHook(ObjectIdentifier(self))
+        service.unregister(self)
         stopWatchers()
         closeDescriptor(nativeHandle)
         readWatcher.deallocate()
@@ -570,7 +571,7 @@ public class StreamSocket: SocketCompletionTarget {
     public var writePending: Bool { writeState != .idle }
 
     /// Service shutdown: drop pending handlers without calling them, stop watchers, break keep-alives.
-    private func dropForShutdown() {
+    func dropForShutdown() {
         stopWatchers()
         if connecting { connectRetry.cancel() }
         readState = .idle

@@ -60,10 +60,12 @@ public final class TCPSocket: StreamSocket {
 /// unless ``noDelay`` is false. Accept semantics (one pending accept, back-off under `EMFILE`/`ENFILE`) are
 /// those of ``UnixStreamAcceptor``.
 /// Thread contract: the thread running `service`. Asio counterpart: `ip::tcp::acceptor`.
-public final class TCPAcceptor {
+public final class TCPAcceptor: ShutdownParticipant {
     /// The service whose run/poll calls complete accepts.
     public let service: IOService
     let core: ListenerCore<TCPSocket>
+    @exclusivity(unchecked) var shutdownSlot = -1
+    func dropForShutdown() { core.dropForShutdown() }
     /// The bound address (with the real port when port 0 was asked for).
     public let localAddress: SocketAddress
     /// Whether accepted sockets get `TCP_NODELAY` (default true).
@@ -114,11 +116,11 @@ public final class TCPAcceptor {
         core.attach(fd)
         core.owner = self
         applyConfigure()
-        service.addShutdownHook(ObjectIdentifier(self)) { [weak self] in self?.core.dropForShutdown() }
+        service.register(self)
     }
 
     deinit {
-        service.removeShutdownHook(ObjectIdentifier(self))
+        service.unregister(self)
         core.closeDescriptor()
     }
 

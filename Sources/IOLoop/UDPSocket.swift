@@ -8,7 +8,7 @@ import Glibc
 /// exactly once). A host loop that reads packets itself can use the non-blocking ``tryReceive(into:)`` and
 /// ``trySend(_:to:)`` on ``nativeHandle`` instead. Sends use `MSG_NOSIGNAL`; `EINTR` is retried.
 /// Thread contract: the thread running `service`. Asio counterpart: `ip::udp::socket`.
-public final class UDPSocket: SocketCompletionTarget {
+public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     /// The service whose run/poll calls complete this socket's operations.
     public let service: IOService
     /// The descriptor, or -1 after close.
@@ -16,6 +16,7 @@ public final class UDPSocket: SocketCompletionTarget {
     /// The bound address (with the real port when port 0 was asked for).
     public let localAddress: SocketAddress
 
+    @exclusivity(unchecked) var shutdownSlot = -1
     private let readWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
     private let writeWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
     private let receiveCompletion = SocketCompletion(read: true)
@@ -64,7 +65,7 @@ public final class UDPSocket: SocketCompletionTarget {
         writeWatcher.pointee.data = me
         receiveCompletion.target = self
         sendCompletion.target = self
-        service.addShutdownHook(ObjectIdentifier(self)) { [weak self] in self?.dropForShutdown() }
+        service.register(self)
     }
 
     /// Binds to a numeric `host` (default `"0.0.0.0"`) and `port`. - Throws: `IOError`.
@@ -73,7 +74,7 @@ public final class UDPSocket: SocketCompletionTarget {
     }
 
     deinit {
-        service.removeShutdownHook(ObjectIdentifier(self))
+        service.unregister(self)
         stopWatchers()
         closeDescriptor(nativeHandle)
         readWatcher.deallocate()
@@ -326,7 +327,7 @@ public final class UDPSocket: SocketCompletionTarget {
         nativeHandle = -1
     }
 
-    private func dropForShutdown() {
+    func dropForShutdown() {
         stopWatchers()
         receiveState = .idle
         receiveHandler = nil

@@ -115,7 +115,7 @@ public struct UnixAcceptorOptions: Sendable {
 ///
 /// Thread contract: the thread running `service`. Asio counterpart: `local::stream_protocol::acceptor`
 /// (which removes nothing itself); Kea: `UnixDomainSocketAcceptor` plus `CommandMgr`'s lock and stale handling.
-public final class UnixStreamAcceptor {
+public final class UnixStreamAcceptor: ShutdownParticipant {
     /// The service whose run/poll calls complete accepts.
     public let service: IOService
     /// The socket path.
@@ -123,6 +123,8 @@ public final class UnixStreamAcceptor {
     /// The lock file path when `useLockFile` is set, else nil.
     public let lockPath: String?
     let core: ListenerCore<UnixStreamSocket>
+    @exclusivity(unchecked) var shutdownSlot = -1
+    func dropForShutdown() { core.dropForShutdown() }
     private var lockFD: Int32 = -1
     private var boundIdentity: (dev: UInt, ino: UInt)?
 
@@ -162,11 +164,11 @@ public final class UnixStreamAcceptor {
             throw error
         }
         core.owner = self
-        service.addShutdownHook(ObjectIdentifier(self)) { [weak self] in self?.core.dropForShutdown() }
+        service.register(self)
     }
 
     deinit {
-        service.removeShutdownHook(ObjectIdentifier(self))
+        service.unregister(self)
         core.closeDescriptor()
         removeOwnFiles()
     }

@@ -457,6 +457,40 @@ struct StreamSocketTests {
         _ = (b, udp, acceptor)
     }
 
+    /// The shutdown registry is an array with swap-removal: sockets come and go in any order, and dropping one
+    /// socket's handler may release other registered sockets (here: the only references to them).
+    @Test func shutdownAfterSocketsComeAndGoReleasesExactlyThePendingOnes() throws {
+        let io = try IOService()
+        let buf = RawBuffer(8)
+        var called = 0
+        var keep: [UnixStreamSocket] = []
+        for i in 0..<50 {
+            let (a, b) = try UnixStreamSocket.pair(io)
+            if i % 3 == 0 { keep.append(a) }  // the others leave the registry at once, from various slots
+            _ = b
+        }
+        weak var captured: UnixStreamSocket?
+        do {
+            let (x, y) = try UnixStreamSocket.pair(io)
+            captured = y
+            // x's pending read handler owns y: dropping it during shutdown deallocates a registered socket.
+            x.asyncReadSome(into: buf.buffer) { _, _ in
+                called += 1
+                _ = y
+            }
+            keep.append(x)
+        }
+        for s in keep.prefix(5) { s.asyncReadSome(into: buf.buffer) { _, _ in called += 1 } }
+        #expect(io.outstandingWork == 6)
+        #expect(captured != nil)
+        io.shutdown()
+        #expect(io.outstandingWork == 0)
+        #expect(captured == nil)
+        #expect(try io.run() == 0)
+        #expect(called == 0)
+        keep.removeAll()
+    }
+
     @Test func secondReadIsAPreconditionFailure() async {
         await #expect(processExitsWith: .failure) {
             let io = try IOService()
