@@ -138,6 +138,13 @@ public final class ControlSocketServer {
     @exclusivity(unchecked) private var connections: [ObjectIdentifier: ControlConnection] = [:]
     @exclusivity(unchecked) private var drainWaiters: [() -> Void] = []
     @exclusivity(unchecked) private(set) var acceptedCount = 0
+    /// One timer for every connection's timeout (libev's advice for many timeouts of one duration): connections
+    /// wait in a list ordered by deadline, and the timer is armed for the first. Per connection that is an append
+    /// and an unlink instead of a timer object, a closure, two heap operations and an aborted completion.
+    private let sweepTimer: SteadyTimer
+    @exclusivity(unchecked) private var sweepArmedAt: SteadyInstant?
+    @exclusivity(unchecked) private unowned(unsafe) var timeoutHead: ControlConnection?
+    @exclusivity(unchecked) private unowned(unsafe) var timeoutTail: ControlConnection?
 
     /// Opens the socket and starts accepting.
     ///
@@ -151,6 +158,7 @@ public final class ControlSocketServer {
         self.commandManager = commandManager
         self.config = config
         self.logger = logger
+        sweepTimer = SteadyTimer(service)
         acceptor = try Self.open(service, config)
         logger.info("control socket listening on \(config.socketName)")
         acceptNext()
@@ -167,6 +175,7 @@ public final class ControlSocketServer {
 
     deinit {
         acceptor?.close()
+        sweepTimer.cancel()
     }
 
     /// The path currently listened on, or nil when closed.
@@ -209,6 +218,10 @@ public final class ControlSocketServer {
             logger.info("control socket \(a.path) closed")
         }
         for c in connections.values { c.closeIfIdle() }
+        if connections.isEmpty && sweepArmedAt != nil {
+            sweepArmedAt = nil
+            sweepTimer.cancel()
+        }
     }
 
     /// Calls `completion` (through the service's queue) once no connection is running a command or writing an
@@ -259,8 +272,73 @@ public final class ControlSocketServer {
     }
 
     func connectionClosed(_ c: ControlConnection) {
+        unschedule(c)
         connections[ObjectIdentifier(c)] = nil
+        // Closed and empty: a pending sweep must not keep the service's run() going.
+        if acceptor == nil && connections.isEmpty && sweepArmedAt != nil {
+            sweepArmedAt = nil
+            sweepTimer.cancel()
+        }
         checkDrained()
+    }
+
+    // MARK: connection deadlines
+
+    /// Queues `c` by its current deadline (moving it if queued). Deadlines of one timeout arrive in order, so
+    /// this is an append; a shorter timeout after `reconfigure` walks back from the tail.
+    func schedule(_ c: ControlConnection) {
+        unschedule(c)
+        let d = c.deadline
+        c.queuedDeadline = d
+        var before = timeoutTail
+        while let b = before, b.queuedDeadline > d { before = b.timeoutPrev }
+        c.timeoutPrev = before
+        if let b = before {
+            c.timeoutNext = b.timeoutNext
+            b.timeoutNext = c
+        } else {
+            c.timeoutNext = timeoutHead
+            timeoutHead = c
+        }
+        if let n = c.timeoutNext { n.timeoutPrev = c } else { timeoutTail = c }
+        c.isQueued = true
+        if timeoutHead === c { armSweep(at: d) }
+    }
+
+    /// Takes `c` off the deadline list (no-op when not queued). The sweep timer stays armed: it finds nothing.
+    func unschedule(_ c: ControlConnection) {
+        guard c.isQueued else { return }
+        c.isQueued = false
+        if let p = c.timeoutPrev { p.timeoutNext = c.timeoutNext } else { timeoutHead = c.timeoutNext }
+        if let n = c.timeoutNext { n.timeoutPrev = c.timeoutPrev } else { timeoutTail = c.timeoutPrev }
+        c.timeoutPrev = nil
+        c.timeoutNext = nil
+    }
+
+    private func armSweep(at deadline: SteadyInstant) {
+        if let armed = sweepArmedAt, armed <= deadline { return }
+        sweepArmedAt = deadline
+        // Re-arming aborts a later pending wait; its completion arrives with an error and is ignored.
+        sweepTimer.expires(at: deadline)
+        sweepTimer.asyncWait { [weak self] error in
+            guard let self, error == nil else { return }
+            self.sweep()
+        }
+    }
+
+    /// Times out every connection whose deadline has passed; one whose deadline moved later is re-queued.
+    private func sweep() {
+        sweepArmedAt = nil
+        let now = SteadyInstant.now()
+        while let c = timeoutHead, c.queuedDeadline <= now {
+            unschedule(c)
+            if c.deadline > now {
+                schedule(c)
+            } else {
+                c.deadlinePassed()
+            }
+        }
+        if let head = timeoutHead { armSweep(at: head.queuedDeadline) }
     }
 
     func checkDrained() {
@@ -293,14 +371,14 @@ final class ControlConnection {
     @exclusivity(unchecked) private var framer: JSONFramer
     @exclusivity(unchecked) private var state = State.reading
     @exclusivity(unchecked) private var buffer: UnsafeMutableRawBufferPointer
-    private let timer: SteadyTimer
     /// When the current timeout (inactivity or write) expires; `distantFuture` while a command runs.
-    @exclusivity(unchecked) private var deadline = SteadyInstant.distantFuture
-    /// The expiry of the pending wait, if one is pending.
-    @exclusivity(unchecked) private var armedExpiry: SteadyInstant?
-    /// Identifies the pending wait: a wait aborted by re-arming or cancelling completes later, through the
-    /// queue, and must then change nothing.
-    @exclusivity(unchecked) private var timerGeneration: UInt64 = 0
+    @exclusivity(unchecked) private(set) var deadline = SteadyInstant.distantFuture
+    // The server's deadline list (see `ControlSocketServer.schedule`): links and the deadline queued with.
+    // Unowned: a queued connection is always also in the server's `connections`, and leaves the list first.
+    @exclusivity(unchecked) unowned(unsafe) var timeoutPrev: ControlConnection?
+    @exclusivity(unchecked) unowned(unsafe) var timeoutNext: ControlConnection?
+    @exclusivity(unchecked) var queuedDeadline = SteadyInstant.distantFuture
+    @exclusivity(unchecked) var isQueued = false
     @exclusivity(unchecked) private var answer: [UInt8] = []
     @exclusivity(unchecked) private var written = 0
     /// False once a complete command ended exactly at the end of a short read; see `finish()`.
@@ -323,7 +401,6 @@ final class ControlConnection {
         self.logger = server.logger
         self.framer = JSONFramer(maxSize: config.maxCommandSize, maxDepth: config.maxDepth)
         self.buffer = .allocate(byteCount: Self.initialBuffer, alignment: 16)
-        self.timer = SteadyTimer(server.service)
         self.fd = socket.nativeHandle
     }
 
@@ -387,37 +464,24 @@ final class ControlConnection {
 
     // MARK: timers
 
-    /// Sets the connection's deadline to `timeout` from now. The timer is armed lazily: while a pending wait
-    /// expires no later than the new deadline, only `deadline` moves (an expiry before it re-arms for the
-    /// rest), so a chunk costs no timer-heap operation.
+    /// Sets the connection's deadline to `timeout` from now. Lazily: a connection already queued for an earlier
+    /// deadline stays where it is, and the server's sweep re-queues it for the rest, so a chunk read costs
+    /// nothing but this store.
     private func armTimer(_ timeout: Duration) {
         deadline = .now() + timeout
-        if let armed = armedExpiry, armed <= deadline { return }
-        startWait(until: deadline)
-    }
-
-    private func startWait(until expiry: SteadyInstant) {
-        timerGeneration &+= 1
-        let generation = timerGeneration
-        armedExpiry = expiry
-        timer.expires(at: expiry)
-        timer.asyncWait { [self] error in
-            guard generation == timerGeneration else { return }
-            armedExpiry = nil
-            guard error == nil, state == .reading || state == .writing else { return }
-            if SteadyInstant.now() < deadline {
-                startWait(until: deadline)
-                return
-            }
-            timedOut()
-        }
+        if isQueued && queuedDeadline <= deadline { return }
+        server?.schedule(self)
     }
 
     private func suspendTimer() {
         deadline = .distantFuture
-        timerGeneration &+= 1
-        armedExpiry = nil
-        timer.cancel()
+        server?.unschedule(self)
+    }
+
+    /// Called by the server's sweep once `deadline` has passed.
+    func deadlinePassed() {
+        guard state == .reading || state == .writing else { return }
+        timedOut()
     }
 
     private func timedOut() {

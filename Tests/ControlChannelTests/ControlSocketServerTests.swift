@@ -306,6 +306,44 @@ struct ControlSocketServerTests {
         #expect(c.answer() == #"{"arguments":{},"result":0,"text":"counted"}"#)
     }
 
+    /// Connection deadlines share one timer through a list kept in deadline order: a connection that gets a
+    /// shorter timeout after `reconfigure` is queued ahead of older ones and times out first.
+    @Test func shorterTimeoutAfterReconfigureExpiresFirst() throws {
+        let h = try ServerHarness(configure: { $0.inactivityTimeout = .seconds(5) })
+        defer { h.stop() }
+        let older = try RawClient(h.path)
+        #expect(waitUntil { h.connectionCount == 1 })
+        try h.onLoop {
+            var config = h.server.config
+            config.inactivityTimeout = .milliseconds(150)
+            try h.server.reconfigure(config)
+        }
+        let newer = try RawClient(h.path)
+        #expect(newer.answer() == errorAnswerText("Connection over control channel timed out"))
+        // The older connection (5 s) is still open and has received nothing.
+        var byte: UInt8 = 0
+        #expect(recv(older.fd, &byte, 1, Int32(MSG_DONTWAIT)) == -1 && errno == EAGAIN)
+    }
+
+    /// A closed server whose connections are gone leaves no timer behind: run() returns at once.
+    @Test func closedServerLeavesNoPendingTimeout() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let io = try IOService()
+        let server = try ControlSocketServer(
+            service: io, commandManager: CommandManager(), config: ControlSocketConfig(socketName: dir.file("t.sock")))
+        let client = try RawClient(dir.file("t.sock"))
+        client.send(#"{"command": "list-commands"}"#)
+        while server.connectionCount == 0 { try io.runOne() }
+        while server.connectionCount > 0 { try io.runOne() }
+        server.close()
+        let start = ContinuousClock.now
+        try io.run()
+        // The default inactivity timeout is 10 s: a forgotten sweep timer would hold run() that long.
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(io.outstandingWork == 0)
+    }
+
     @Test func timeoutSuspendedWhileAsyncHandlerRuns() throws {
         let h = try ServerHarness(configure: { $0.inactivityTimeout = .milliseconds(100) })
         defer { h.stop() }
