@@ -14,19 +14,15 @@ extension JSONValue {
     /// escapes every byte >= 0x80 separately; we don't).
     public func serialized() -> [UInt8] {
         var writer = JSONWriter(pretty: false)
-        // One allocation that fits typical answers (list-commands, statistics of a few keys) instead of growing
-        // through 64, 128, 256 and 512 bytes: small allocations cost the same whatever their size.
-        writer.out.reserveCapacity(1024)
         writer.write(self, level: 0)
-        return writer.out
+        return writer.out.toArray()
     }
 
     /// Appends the compact JSON text of this value to `buffer` (see ``serialized()``).
     public func serialize(into buffer: inout [UInt8]) {
         var writer = JSONWriter(pretty: false)
-        swap(&writer.out, &buffer)
         writer.write(self, level: 0)
-        swap(&writer.out, &buffer)
+        writer.out.append(to: &buffer)
     }
 
     /// The compact JSON text of this value as a String (see ``serialized()``).
@@ -41,7 +37,7 @@ extension JSONValue {
     public func prettyPrinted(indent: Int = 2) -> String {
         var writer = JSONWriter(pretty: true, indentWidth: indent)
         writer.write(self, level: 0)
-        return String(decoding: writer.out, as: UTF8.self)
+        return writer.out.withBytes { String(decoding: $0, as: UTF8.self) }
     }
 }
 
@@ -59,8 +55,76 @@ private func wordNeedsEscape(_ w: UInt64) -> Bool {
     return (below0x20 | hasQuote | hasBackslash) != 0
 }
 
-struct JSONWriter {
-    var out: [UInt8] = []
+/// The writer's output: a growable byte buffer whose appends are a capacity check and a copy. (`[UInt8]`'s
+/// append re-checks uniqueness and capacity through generic code on every call: ~90 instructions per run of
+/// bytes, most of the cost of serializing a list of short strings.)
+struct ByteSink: ~Copyable {
+    private var base: UnsafeMutablePointer<UInt8>
+    private(set) var count = 0
+    private var capacity: Int
+
+    /// Starts with room for `capacity` bytes (1 KiB fits typical answers in one allocation).
+    init(capacity: Int = 1024) {
+        base = .allocate(capacity: capacity)
+        self.capacity = capacity
+    }
+
+    deinit { base.deallocate() }
+
+    @inline(__always)
+    mutating func append(_ byte: UInt8) {
+        if count == capacity { grow(1) }
+        base[count] = byte
+        count &+= 1
+    }
+
+    @inline(__always)
+    mutating func append(_ bytes: UnsafePointer<UInt8>, count n: Int) {
+        if capacity &- count < n { grow(n) }
+        (base + count).update(from: bytes, count: n)
+        count &+= n
+    }
+
+    mutating func append(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let p = bytes.baseAddress else { return }
+        append(p, count: bytes.count)
+    }
+
+    mutating func append(repeating byte: UInt8, count n: Int) {
+        if capacity &- count < n { grow(n) }
+        (base + count).update(repeating: byte, count: n)
+        count &+= n
+    }
+
+    private mutating func grow(_ needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity - count < needed { newCapacity *= 2 }
+        let fresh = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        fresh.moveInitialize(from: base, count: count)
+        base.deallocate()
+        base = fresh
+        capacity = newCapacity
+    }
+
+    /// The bytes written, as an array of exactly that size.
+    func toArray() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            buffer.baseAddress?.initialize(from: base, count: count)
+            initialized = count
+        }
+    }
+
+    func append(to array: inout [UInt8]) {
+        array.append(contentsOf: UnsafeBufferPointer(start: base, count: count))
+    }
+
+    func withBytes<R>(_ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        body(UnsafeBufferPointer(start: base, count: count))
+    }
+}
+
+struct JSONWriter: ~Copyable {
+    var out = ByteSink()
     let pretty: Bool
     var indentWidth = 2
 
@@ -72,7 +136,7 @@ struct JSONWriter {
     mutating func newline(_ level: Int) {
         out.append(0x0A)
         let n = level * indentWidth
-        if n > 0 { out.append(contentsOf: repeatElement(0x20, count: n)) }
+        if n > 0 { out.append(repeating: 0x20, count: n) }
     }
 
     mutating func write(_ value: JSONValue, level: Int) {
@@ -117,7 +181,7 @@ struct JSONWriter {
     }
 
     mutating func appendASCII(_ s: StaticString) {
-        out.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+        out.append(s.utf8Start, count: s.utf8CodeUnitCount)
     }
 
     mutating func writeInteger(_ value: Int64) {
@@ -146,7 +210,7 @@ struct JSONWriter {
         // Swift's description is the shortest round-trip form and is valid JSON for finite values
         // ("1.0", "0.1", "1e-05", "1.2345e+20"), always with a '.' or an exponent.
         var text = value.description
-        text.withUTF8 { out.append(contentsOf: $0) }
+        text.withUTF8 { out.append($0) }
     }
 
     mutating func writeString(_ string: String) {
@@ -180,16 +244,14 @@ struct JSONWriter {
                 while k < end {
                     let b = base[k]
                     if b < 0x20 || b == 0x22 || b == 0x5C {
-                        if runStart < k {
-                            out.append(contentsOf: UnsafeBufferPointer(start: base + runStart, count: k - runStart))
-                        }
+                        if runStart < k { out.append(base + runStart, count: k - runStart) }
                         appendEscape(b)
                         runStart = k &+ 1
                     }
                     k &+= 1
                 }
             }
-            if runStart < n { out.append(contentsOf: UnsafeBufferPointer(start: base + runStart, count: n - runStart)) }
+            if runStart < n { out.append(base + runStart, count: n - runStart) }
             out.append(0x22)
         }
     }
@@ -205,8 +267,12 @@ struct JSONWriter {
         case 0x0D: out.append(0x72)  // r
         case 0x09: out.append(0x74)  // t
         default:
-            let hex: [UInt8] = Array("0123456789abcdef".utf8)
-            out.append(contentsOf: [0x75, 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+            let hex: StaticString = "0123456789abcdef"
+            out.append(0x75)
+            out.append(0x30)
+            out.append(0x30)
+            out.append(hex.utf8Start[Int(b >> 4)])
+            out.append(hex.utf8Start[Int(b & 0xF)])
         }
     }
 }
