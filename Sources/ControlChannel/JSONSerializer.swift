@@ -224,32 +224,28 @@ struct JSONWriter: ~Copyable {
             let n = buffer.count
             var runStart = 0
             var k = 0
+            // Escapes are written in place of their byte; the unescaped runs between them are copied whole.
+            @inline(__always) func escape(at i: Int, _ b: UInt8) {
+                if runStart < i { out.append(base + runStart, count: i - runStart) }
+                appendEscape(b)
+                runStart = i &+ 1
+            }
+            // Eight bytes per step while a whole word remains; most strings (command names, keys) have no
+            // escapes at all. The tail goes byte by byte: assembling a partial word through memory stalls the
+            // load that follows (store forwarding), which cost more than the bytes themselves.
+            while k &+ 8 <= n {
+                let word = UnsafeRawPointer(base + k).loadUnaligned(as: UInt64.self)
+                if wordNeedsEscape(word) {
+                    for i in k..<(k &+ 8) where base[i] < 0x20 || base[i] == 0x22 || base[i] == 0x5C {
+                        escape(at: i, base[i])
+                    }
+                }
+                k &+= 8
+            }
             while k < n {
-                // Eight bytes per step (the tail padded with 'a'); unescaped runs are copied whole, and most
-                // strings (command names, keys) have no escapes at all.
-                let remaining = n &- k
-                var word: UInt64 = 0x6161_6161_6161_6161
-                if remaining >= 8 {
-                    word = UnsafeRawPointer(base + k).loadUnaligned(as: UInt64.self)
-                } else {
-                    withUnsafeMutableBytes(of: &word) {
-                        $0.baseAddress!.copyMemory(from: base + k, byteCount: remaining)
-                    }
-                }
-                let end = k &+ min(8, remaining)
-                if !wordNeedsEscape(word) {
-                    k = end
-                    continue
-                }
-                while k < end {
-                    let b = base[k]
-                    if b < 0x20 || b == 0x22 || b == 0x5C {
-                        if runStart < k { out.append(base + runStart, count: k - runStart) }
-                        appendEscape(b)
-                        runStart = k &+ 1
-                    }
-                    k &+= 1
-                }
+                let b = base[k]
+                if b < 0x20 || b == 0x22 || b == 0x5C { escape(at: k, b) }
+                k &+= 1
             }
             if runStart < n { out.append(base + runStart, count: n - runStart) }
             out.append(0x22)
