@@ -54,12 +54,18 @@ public final class BenchLoop {
     public let io: IOService
     public let guardian: WorkGuard
     public let far: SteadyTimer
+    /// An armed read on an idle socketpair: the one idle descriptor watcher of the methodology (libev and Asio arm
+    /// a read on an empty pipe).
+    public let idle: (UnixStreamSocket, UnixStreamSocket)
+    private let idleBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 8)
 
     public init() throws {
         io = try IOService()
         guardian = io.makeWorkGuard()
         far = SteadyTimer(io, expiresAfter: .seconds(3600))
         far.asyncWait { _ in }
+        idle = try UnixStreamSocket.pair(io)
+        idle.0.asyncReadSome(into: idleBuffer) { _, _ in }
         try io.poll()
     }
 
@@ -67,6 +73,7 @@ public final class BenchLoop {
         far.cancel()
         guardian.reset()
         io.shutdown()
+        idleBuffer.deallocate()
     }
 }
 
