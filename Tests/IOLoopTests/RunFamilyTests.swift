@@ -258,4 +258,50 @@ struct RunFamilyTests {
         #expect(io.stopped)
         #expect(io.outstandingWork == 0)
     }
+
+    /// The usual shape: a wait captures the object that owns its timer, so the timer outlives the shutdown.
+    /// Its handlers must still be released (before the fix only the heap's reference was: the handlers, and
+    /// everything they captured, stayed alive).
+    @Test func shutdownReleasesTheHandlersOfTimersStillReferenced() throws {
+        final class Captured {
+            let released: Counter
+            init(_ c: Counter) { released = c }
+            deinit { released.bump() }
+        }
+        let released = Counter()
+        let called = Counter()
+        let io = try IOService()
+        let steady = SteadyTimer(io, expiresAfter: .seconds(100))
+        let interval = IntervalTimer(io)
+        do {
+            let captured = Captured(released)
+            steady.asyncWait { _ in
+                _ = captured
+                called.bump()
+            }
+            steady.asyncWait { _ in
+                _ = captured
+                called.bump()
+            }
+            try interval.setup(
+                {
+                    _ = captured
+                    called.bump()
+                }, interval: .seconds(100))
+        }
+        #expect(steady.pendingWaits == 2)
+        io.shutdown()
+        #expect(released.count == 1)
+        #expect(steady.pendingWaits == 0)
+        #expect(interval.interval == nil)
+        #expect(called.count == 0)
+        #expect(io.outstandingWork == 0)
+        // Still usable as objects: a new wait is pending (the service stays stopped, so it never runs).
+        steady.asyncWait { _ in called.bump() }
+        #expect(steady.pendingWaits == 1)
+        #expect(try io.run() == 0)
+        #expect(called.count == 0)
+        io.shutdown()
+        #expect(steady.pendingWaits == 0)
+    }
 }
