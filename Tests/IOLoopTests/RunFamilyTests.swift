@@ -304,4 +304,46 @@ struct RunFamilyTests {
         io.shutdown()
         #expect(steady.pendingWaits == 0)
     }
+
+    /// Releasing a handler can start new work (a deinit that answers, as a `CommandResponder` released
+    /// unanswered does). The shutdown releases that too, instead of leaving it pending on a stopped service.
+    @Test func workStartedWhileShuttingDownIsReleasedToo() throws {
+        final class Sentinel: Sendable {
+            let released: Counter
+            init(_ c: Counter) { released = c }
+            deinit { released.bump() }
+        }
+        /// Its deinit starts a wait on `next` and posts, each capturing a sentinel. Sendable only to be posted;
+        /// it is used on this thread alone.
+        final class Restarter: @unchecked Sendable {
+            let io: IOService
+            let next: SteadyTimer
+            let released: Counter
+            init(_ io: IOService, _ next: SteadyTimer, _ released: Counter) {
+                self.io = io
+                self.next = next
+                self.released = released
+            }
+            deinit {
+                let waiting = Sentinel(released)
+                next.asyncWait { _ in _ = waiting }
+                let posted = Sentinel(released)
+                io.post { _ = posted }
+            }
+        }
+        let released = Counter()
+        let io = try IOService()
+        let first = SteadyTimer(io, expiresAfter: .seconds(100))
+        let next = SteadyTimer(io, expiresAfter: .seconds(100))
+        do {
+            let restarter = Restarter(io, next, released)
+            first.asyncWait { _ in _ = restarter }
+            let viaQueue = Restarter(io, next, released)
+            io.post { _ = viaQueue }
+        }
+        io.shutdown()
+        #expect(released.count == 4, "work started by released handlers outlived the shutdown")
+        #expect(first.pendingWaits == 0 && next.pendingWaits == 0)
+        #expect(io.outstandingWork == 0)
+    }
 }
