@@ -86,6 +86,9 @@ struct ControlSocketServerTests {
         #expect(rc == 0)
         close(fd)
         let service = try IOService()
+        // Never run: the pending accept (aborted by `close()`, queued) keeps the acceptor and the service alive
+        // until the shutdown releases it.
+        defer { service.shutdown() }
         let server = try ControlSocketServer(
             service: service, commandManager: CommandManager(logger: quietLogger),
             config: ControlSocketConfig(socketName: path), logger: quietLogger)
