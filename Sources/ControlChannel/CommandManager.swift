@@ -56,7 +56,11 @@ public final class CommandResponder: @unchecked Sendable {
     /// The name of the command being answered.
     public let commandName: String
     private let answered = Atomic<Bool>(false)
-    private let completion: (JSONValue) -> Void
+    /// Released once the answer is delivered: it holds the manager and the caller's completion (for the
+    /// socket server, the connection), which a responder kept after answering must not keep alive. Only the
+    /// caller that wins `answered` (or deinit, when nobody did) touches it, so `answered` orders every access
+    /// and the runtime's dynamic exclusivity check is left out.
+    @exclusivity(unchecked) private var completion: ((JSONValue) -> Void)?
     private let logger: Logger
 
     init(commandName: String, logger: Logger, completion: @escaping (JSONValue) -> Void) {
@@ -76,7 +80,9 @@ public final class CommandResponder: @unchecked Sendable {
                 "assertion failed: respond called twice for command '\(commandName)'; the second answer is ignored")
             return
         }
-        completion(response)
+        let deliver = completion
+        completion = nil
+        deliver?(response)
     }
 
     /// Delivers an answer. Only the first call counts.
@@ -90,7 +96,7 @@ public final class CommandResponder: @unchecked Sendable {
     deinit {
         if !answered.load(ordering: .acquiring) {
             logger.error("the handler of command '\(commandName)' released its responder without answering")
-            completion(
+            completion?(
                 ControlAnswer.error("internal error: the handler of '\(commandName)' finished without an answer").json)
         }
     }

@@ -692,9 +692,10 @@ public final class IOService: @unchecked Sendable {
 
     /// Stops the service and releases every uninvoked handler without calling it.
     ///
-    /// Pending operations of I/O objects are dropped, queued handlers and timer waits are released, and
-    /// outstanding work drops to zero. Afterwards the service stays stopped. Call it from the thread that
-    /// runs the service, outside run/poll (Asio: `io_context::shutdown()`, which its destructor calls).
+    /// Pending operations of I/O objects are dropped, queued handlers and timer waits are released (also those
+    /// of timers still referenced elsewhere, and any work that releasing them starts), and outstanding work
+    /// drops to zero. Afterwards the service stays stopped. Call it from the thread that runs the service,
+    /// outside run/poll (Asio: `io_context::shutdown()`, which its destructor calls).
     public func shutdown() {
         precondition(owner.load(ordering: .acquiring) == 0, "IOService.shutdown() called while the service is running")
         isShutDown.store(true, ordering: .releasing)
@@ -703,19 +704,39 @@ public final class IOService: @unchecked Sendable {
     }
 
     private func releaseEverything() {
-        // Strong references first: dropping one object's handlers may release another registered object.
-        let all = participants.map { $0.object }
-        participants.removeAll()
-        for p in all { p.shutdownSlot = -1 }
-        for p in all { p.dropForShutdown() }
-        ready.removeAll()
-        batchRemaining = 0
-        finishedUnflushed = 0
-        pthread_mutex_lock(sharedLock)
-        sharedHandlers.removeAll()
-        sharedEvents.removeAll()
-        pthread_mutex_unlock(sharedLock)
-        timers.removeAll()
+        // Releasing a handler can run code that starts new work here (a deinit that answers, as a
+        // CommandResponder released unanswered does). Each pass releases what the previous one started, until
+        // one starts nothing; bounded, for a deinit that never stops starting. The participants stay registered
+        // (each leaves in its deinit), so a later pass reaches operations started after the first.
+        for _ in 0..<8 {
+            outstanding.store(0, ordering: .releasing)
+            // Strong references first: dropping one object's handlers may release another registered object.
+            let all = participants.map { $0.object }
+            for p in all { p.dropForShutdown() }
+            // Swapped out first, released after: a released handler may enqueue or post again (into the emptied
+            // queues, and outside the lock, which a deinit that posts would otherwise take a second time).
+            var droppedReady = WorkQueue()
+            swap(&ready, &droppedReady)
+            batchRemaining = 0
+            finishedUnflushed = 0
+            var droppedShared = WorkQueue()
+            var droppedEvents: [@Sendable () -> Void] = []
+            pthread_mutex_lock(sharedLock)
+            swap(&sharedHandlers, &droppedShared)
+            swap(&sharedEvents, &droppedEvents)
+            sharedPending.store(false, ordering: .relaxed)
+            pthread_mutex_unlock(sharedLock)
+            timers.removeAll()
+            droppedReady.removeAll()
+            droppedShared.removeAll()
+            droppedEvents.removeAll()
+            _ = all
+            if outstanding.load(ordering: .acquiring) == 0 && ready.isEmpty && timers.isEmpty
+                && !sharedPending.load(ordering: .acquiring)
+            {
+                break
+            }
+        }
         outstanding.store(0, ordering: .releasing)
     }
 }

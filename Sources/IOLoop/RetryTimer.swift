@@ -31,4 +31,10 @@ final class RetryTimer: TimerNode {
         action = nil
         a?()
     }
+
+    func dropForShutdown() {
+        let dropped = action
+        action = nil
+        _ = dropped
+    }
 }

@@ -4,6 +4,9 @@ protocol TimerNode: AnyObject {
     var heapIndex: Int { get set }
     /// Called on the loop thread once the monotonic clock has reached the node's deadline.
     func expire(now: UInt64)
+    /// Service shutdown: release the pending handlers without calling them. A handler commonly captures the
+    /// timer's owner, which holds the timer: kept, it would keep both (and the service) alive.
+    func dropForShutdown()
 }
 
 /// An indexed 4-ary min-heap of timer deadlines (monotonic nanoseconds).
@@ -73,12 +76,16 @@ final class TimerHeap {
         return node
     }
 
-    /// Drops every entry without expiring it (service shutdown).
+    /// Drops every entry without expiring it, releasing its handlers uncalled (service shutdown).
+    ///
+    /// Every node is unlinked before any handler is released: releasing one can run code (a deinit) that
+    /// cancels or re-arms another timer, which then finds it already out of the heap.
     func removeAll() {
         let all = entries
         entries.removeAll()
+        for e in all { e.node.heapIndex = -1 }
         for e in all {
-            e.node.heapIndex = -1
+            e.node.dropForShutdown()
             Unmanaged<AnyObject>.passUnretained(e.node).release()
         }
     }

@@ -81,6 +81,14 @@ public final class SteadyTimer: TimerNode {
         complete(aborted: false)
     }
 
+    func dropForShutdown() {
+        // Taken out before they are released: releasing one may start a new wait on this timer.
+        let dropped = (firstWait, moreWaits)
+        firstWait = nil
+        moreWaits = []
+        _ = dropped
+    }
+
     private func complete(aborted: Bool) {
         if let w = firstWait {
             firstWait = nil
@@ -150,6 +158,14 @@ public final class IntervalTimer: TimerNode {
         }
         interval = nil
         callback = nil
+    }
+
+    func dropForShutdown() {
+        generation &+= 1
+        interval = nil
+        let dropped = callback
+        callback = nil
+        _ = dropped
     }
 
     private func arm(at instant: UInt64) {

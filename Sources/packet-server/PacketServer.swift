@@ -89,6 +89,9 @@ final class PacketServer {
         for l in listeners { l.socket.close() }
         control?.close()
         signals?.clear()
+        // The loop will not run again: release what it would have run (the control socket's accept, aborted by
+        // close() through the queue, keeps the acceptor and so the service alive until then).
+        io.shutdown()
         logger.info("packet-server exiting with status \(exitValue)")
         return exitValue
     }

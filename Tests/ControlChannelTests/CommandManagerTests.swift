@@ -303,6 +303,27 @@ struct CommandManagerTests {
         #expect(answer.value == ["arguments": [:], "result": 0, "text": "observed"])
     }
 
+    /// A responder kept after answering (here by its own handler's state) no longer holds the manager or the
+    /// caller's completion: before, that was a cycle manager → handler → responder → manager.
+    @Test func anAnsweredResponderReleasesItsCompletion() throws {
+        final class Sentinel {}
+        weak var weakManager: CommandManager?
+        weak var weakCaptured: Sentinel?
+        do {
+            let m = CommandManager(logger: quietLogger)
+            let kept = Box<CommandResponder?>(nil)
+            try m.registerAsyncCommand("later") { _, _, _, r in kept.value = r }
+            let captured = Sentinel()
+            m.processCommand(["command": "later"]) { _ in _ = captured }
+            kept.value?.respond(.answer(.success))
+            #expect(kept.value?.hasResponded == true)
+            weakManager = m
+            weakCaptured = captured
+        }
+        #expect(weakManager == nil)
+        #expect(weakCaptured == nil)
+    }
+
     // MARK: Typed arguments
 
     struct LeaseQuery: Decodable {

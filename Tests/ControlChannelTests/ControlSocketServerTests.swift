@@ -86,11 +86,53 @@ struct ControlSocketServerTests {
         #expect(rc == 0)
         close(fd)
         let service = try IOService()
+        // Never run: the pending accept (aborted by `close()`, queued) keeps the acceptor and the service alive
+        // until the shutdown releases it.
+        defer { service.shutdown() }
         let server = try ControlSocketServer(
             service: service, commandManager: CommandManager(logger: quietLogger),
             config: ControlSocketConfig(socketName: path), logger: quietLogger)
         #expect(server.isOpen)
         server.close()
+    }
+
+    /// Shut down while a command runs, its responder held by a timer wait (as `later` does). Releasing the wait
+    /// releases the responder, whose error answer starts a write and a write-timeout wait on the service being
+    /// shut down; those are released too, so nothing is left holding the server or the service.
+    @Test func shutdownWhileACommandRunsReleasesEverything() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        weak var weakService: IOService?
+        weak var weakServer: ControlSocketServer?
+        let client: RawClient
+        do {
+            let service = try IOService()
+            let manager = CommandManager(logger: quietLogger)
+            let started = Box(false)
+            try manager.registerAsyncCommand("slow") { _, _, _, responder in
+                let timer = SteadyTimer(service, expiresAfter: .seconds(100))
+                timer.asyncWait { _ in
+                    _ = timer
+                    responder.respond(ControlAnswer.success("late"))
+                }
+                started.value = true
+            }
+            let server = try ControlSocketServer(
+                service: service, commandManager: manager, config: ControlSocketConfig(socketName: dir.file("c.sock")),
+                logger: quietLogger)
+            client = try RawClient(dir.file("c.sock"))
+            client.send(#"{"command": "slow"}"#)
+            let deadline = SteadyInstant.now() + .seconds(10)
+            while !started.value && SteadyInstant.now() < deadline { try service.runOne(until: deadline) }
+            #expect(started.value)
+            service.shutdown()
+            weakService = service
+            weakServer = server
+        }
+        #expect(weakServer == nil)
+        #expect(weakService == nil)
+        // The released responder answered; the connection closed with the server.
+        #expect(client.answer().contains("finished without an answer"))
     }
 
     @Test(arguments: ["regular file", "directory", "symbolic link"])

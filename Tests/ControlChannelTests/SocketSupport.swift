@@ -106,29 +106,34 @@ final class ServerHarness: @unchecked Sendable {
         thread.start()
     }
 
+    /// The commands capture the harness `unowned`: the manager that holds them belongs to the harness, so a
+    /// strong capture would be a retain cycle (every harness, its service and its server leaked until exit).
+    /// They only run on the loop thread, whose closure holds the harness strongly.
     private func registerTestCommands() throws {
         try manager.registerCommand("echo") { _, args, _ in ControlAnswer.success(arguments: args ?? [:]).json }
         try manager.registerCommand("big") { _, args, _ in
             let n = Int(args?["size"]?.intValue ?? 0)
             return ControlAnswer.success(arguments: ["data": .string(String(repeating: "x", count: n))]).json
         }
-        try manager.registerCommand("count") { [self] name, _, _ in
+        try manager.registerCommand("count") { [unowned self] name, _, _ in
             calls[name, default: 0] += 1
             return ControlAnswer.success("counted").json
         }
-        try manager.registerAsyncCommand("later") { [self] _, args, _, responder in
+        try manager.registerAsyncCommand("later") { [unowned self] _, args, _, responder in
             let timer = SteadyTimer(service, expiresAfter: .milliseconds(args?["ms"]?.intValue ?? 10))
             timers.append(timer)
             timer.asyncWait { _ in responder.respond(ControlAnswer.success("answered later")) }
         }
-        try manager.registerAsyncCommand("never") { [self] _, _, _, responder in keptResponders.append(responder) }
+        try manager.registerAsyncCommand("never") { [unowned self] _, _, _, responder in
+            keptResponders.append(responder)
+        }
         try manager.registerAsyncCommand("drop") { _, _, _, _ in }
         try manager.registerCommand("fail") { _, _, _ in throw TestError(description: "the handler failed") }
         try manager.registerCommand("result") { _, args, _ in
             ControlAnswer(result: Int(args?["result"]?.intValue ?? 0), text: "as asked").json
         }
         try manager.registerCommand("utf8") { _, _, _ in ControlAnswer.success("Grüße, 世界 🌍").json }
-        try manager.registerCommand("hook") { [self] _, _, _ in
+        try manager.registerCommand("hook") { [unowned self] _, _, _ in
             try hook?(server)
             return ControlAnswer.success("hook ran").json
         }
@@ -151,13 +156,25 @@ final class ServerHarness: @unchecked Sendable {
 
     var connectionCount: Int { (try? onLoop { self.server.connectionCount }) ?? -1 }
 
-    /// Closes the server on its thread, stops the thread and removes the directory.
+    /// Closes the server on its thread, stops the thread, shuts the service down and removes the directory.
+    ///
+    /// The shutdown releases what the stopped loop never ran: the server's aborted accept (queued by `close()`),
+    /// connections still reading, timer waits. Each pending operation keeps its object, and so the service,
+    /// alive; without it they leak (LeakSanitizer reported them).
     func stop() {
-        _ = try? onLoop { self.server.close() }
+        _ = try? onLoop {
+            self.server.close()
+            // Unanswered responders answer when released: release them here, where the answer can be written.
+            self.keptResponders.removeAll()
+            self.timers.removeAll()
+            self.hook = nil
+        }
         stopping.store(true, ordering: .releasing)
         workGuard?.reset()
         service.stop()
-        _ = finished.wait(timeout: .now() + 10)
+        // Once the loop thread has left (the semaphore orders its work before ours), this thread may shut the
+        // service down, as the thread contract requires: outside run/poll, with no other thread running it.
+        if finished.wait(timeout: .now() + 10) == .success { service.shutdown() }
         dir.remove()
     }
 }

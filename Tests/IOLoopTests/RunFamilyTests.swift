@@ -258,4 +258,92 @@ struct RunFamilyTests {
         #expect(io.stopped)
         #expect(io.outstandingWork == 0)
     }
+
+    /// The usual shape: a wait captures the object that owns its timer, so the timer outlives the shutdown.
+    /// Its handlers must still be released (before the fix only the heap's reference was: the handlers, and
+    /// everything they captured, stayed alive).
+    @Test func shutdownReleasesTheHandlersOfTimersStillReferenced() throws {
+        final class Captured {
+            let released: Counter
+            init(_ c: Counter) { released = c }
+            deinit { released.bump() }
+        }
+        let released = Counter()
+        let called = Counter()
+        let io = try IOService()
+        let steady = SteadyTimer(io, expiresAfter: .seconds(100))
+        let interval = IntervalTimer(io)
+        do {
+            let captured = Captured(released)
+            steady.asyncWait { _ in
+                _ = captured
+                called.bump()
+            }
+            steady.asyncWait { _ in
+                _ = captured
+                called.bump()
+            }
+            try interval.setup(
+                {
+                    _ = captured
+                    called.bump()
+                }, interval: .seconds(100))
+        }
+        #expect(steady.pendingWaits == 2)
+        io.shutdown()
+        #expect(released.count == 1)
+        #expect(steady.pendingWaits == 0)
+        #expect(interval.interval == nil)
+        #expect(called.count == 0)
+        #expect(io.outstandingWork == 0)
+        // Still usable as objects: a new wait is pending (the service stays stopped, so it never runs).
+        steady.asyncWait { _ in called.bump() }
+        #expect(steady.pendingWaits == 1)
+        #expect(try io.run() == 0)
+        #expect(called.count == 0)
+        io.shutdown()
+        #expect(steady.pendingWaits == 0)
+    }
+
+    /// Releasing a handler can start new work (a deinit that answers, as a `CommandResponder` released
+    /// unanswered does). The shutdown releases that too, instead of leaving it pending on a stopped service.
+    @Test func workStartedWhileShuttingDownIsReleasedToo() throws {
+        final class Sentinel: Sendable {
+            let released: Counter
+            init(_ c: Counter) { released = c }
+            deinit { released.bump() }
+        }
+        /// Its deinit starts a wait on `next` and posts, each capturing a sentinel. Sendable only to be posted;
+        /// it is used on this thread alone.
+        final class Restarter: @unchecked Sendable {
+            let io: IOService
+            let next: SteadyTimer
+            let released: Counter
+            init(_ io: IOService, _ next: SteadyTimer, _ released: Counter) {
+                self.io = io
+                self.next = next
+                self.released = released
+            }
+            deinit {
+                let waiting = Sentinel(released)
+                next.asyncWait { _ in _ = waiting }
+                let posted = Sentinel(released)
+                io.post { _ = posted }
+            }
+        }
+        let released = Counter()
+        let io = try IOService()
+        let first = SteadyTimer(io, expiresAfter: .seconds(100))
+        let next = SteadyTimer(io, expiresAfter: .seconds(100))
+        do {
+            let restarter = Restarter(io, next, released)
+            first.asyncWait { _ in _ = restarter }
+            let viaQueue = Restarter(io, next, released)
+            io.post { _ = viaQueue }
+        }
+        io.shutdown()
+        #expect(released.count == 4, "work started by released handlers outlived the shutdown")
+        #expect(first.pendingWaits == 0 && next.pendingWaits == 0)
+        #expect(io.outstandingWork == 0)
+    }
 }

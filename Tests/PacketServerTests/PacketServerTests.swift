@@ -324,11 +324,11 @@ struct PacketServerProcessTests {
         let output = Pipe()
         socat.standardInput = input
         socat.standardOutput = output
-        try socat.run()
+        try runProcess(socat)
         input.fileHandleForWriting.write(Data(#"{"command":"list-commands"}"#.utf8))
         try input.fileHandleForWriting.close()
         let data = output.fileHandleForReading.readDataToEndOfFile()
-        socat.waitUntilExit()
+        waitForProcess(socat)
         let answer = try JSONParser.parse([UInt8](data))
         #expect(answer["result"] == 0)
         #expect(answer["arguments"]?.arrayValue?.contains("status-get") == true)
@@ -362,12 +362,12 @@ struct PacketServerProcessTests {
         agent.environment = env
         agent.standardOutput = FileHandle.nullDevice
         agent.standardError = FileHandle.nullDevice
-        try agent.run()
+        try runProcess(agent)
         defer {
             // SIGKILL: a child of Foundation's Process inherits the test thread's blocked signals, so the
             // agent may never see SIGTERM.
             kill(agent.processIdentifier, SIGKILL)
-            agent.waitUntilExit()
+            waitForProcess(agent)
         }
         // Wait for the agent's HTTP listener: connect attempts against a deadline (its log goes through
         // log4cplus buffering, so there is no line to wait for).
@@ -397,11 +397,11 @@ struct PacketServerProcessTests {
             let output = Pipe()
             shell.standardInput = input
             shell.standardOutput = output
-            try shell.run()
+            try runProcess(shell)
             input.fileHandleForWriting.write(Data(arguments.utf8))
             try input.fileHandleForWriting.close()
             let data = output.fileHandleForReading.readDataToEndOfFile()
-            shell.waitUntilExit()
+            waitForProcess(shell)
             return try JSONParser.parse([UInt8](data))
         }
         let list = try keaShell("list-commands", "")
