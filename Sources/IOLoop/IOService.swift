@@ -66,6 +66,10 @@ public final class IOService: @unchecked Sendable {
     @exclusivity(unchecked) private var spare = WorkQueue()
     /// How many items of `ready` come before the reactor sentinel (Asio's task_operation_ marker).
     @exclusivity(unchecked) private var batchRemaining = 0
+    /// When the reactor was last sampled while handlers kept coming (0: not known, sample at the next boundary).
+    @exclusivity(unchecked) private var lastSampleNanoseconds: UInt64 = 0
+    /// The longest a busy loop goes without sampling the kernel for I/O readiness: 50 µs.
+    static let resampleInterval: UInt64 = 50_000
     /// Handlers run but not yet subtracted from `outstanding` (flushed at every batch boundary).
     @exclusivity(unchecked) private var finishedUnflushed = 0
 
@@ -440,6 +444,7 @@ public final class IOService: @unchecked Sendable {
             leave()
         }
         var count = 0
+        var sampledThisCall = false
         while count < limit {
             if stoppedFlag.load(ordering: .relaxed) { break }
             if batchRemaining > 0 {
@@ -455,24 +460,44 @@ public final class IOService: @unchecked Sendable {
             // Batch boundary: the reactor sentinel came round. Re-sample I/O, timers and other threads.
             flushFinished()
             if stoppedFlag.load(ordering: .relaxed) { break }
-            if blocking {
-                if ready.isEmpty {
-                    if outstanding.load(ordering: .acquiring) == 0 {
-                        stop()
-                        break
-                    }
-                    if let d = deadline, SteadyInstant.now().nanoseconds >= d { break }
-                    reactorStep(block: true, deadline: deadline)
+            if !ready.isEmpty && sampledThisCall {
+                // The last batch queued more handlers (completions, posts). Sampling the kernel between every
+                // such batch costs a system call per hop of a request through the loop; instead, while handlers
+                // keep coming, sample at most once per `resampleInterval`. Posts, signals and due timers are
+                // still collected here, and every call still samples first and before it returns or blocks.
+                let now = SteadyInstant.now().nanoseconds
+                if now &- lastSampleNanoseconds < Self.resampleInterval {
+                    collectShared()
+                    expireTimers()
                 } else {
                     reactorStep(block: false, deadline: nil)
+                    lastSampleNanoseconds = now
                 }
+            } else if blocking && ready.isEmpty {
+                if outstanding.load(ordering: .acquiring) == 0 {
+                    stop()
+                    break
+                }
+                if let d = deadline, SteadyInstant.now().nanoseconds >= d { break }
+                reactorStep(block: true, deadline: deadline)
+                noteSample()
+                sampledThisCall = true
             } else {
                 reactorStep(block: false, deadline: nil)
-                if ready.isEmpty { break }
+                noteSample()
+                sampledThisCall = true
+                if !blocking && ready.isEmpty { break }
             }
             batchRemaining = ready.count
         }
         return count
+    }
+
+    /// Records when the reactor was sampled, if handlers are queued (only then can the next boundary skip a
+    /// sample); an idle poll() reads no clock.
+    @inline(__always)
+    private func noteSample() {
+        lastSampleNanoseconds = ready.isEmpty ? 0 : SteadyInstant.now().nanoseconds
     }
 
     /// Subtracts the handlers run since the last flush from the outstanding work, once per batch instead of

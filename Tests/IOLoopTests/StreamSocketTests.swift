@@ -491,6 +491,56 @@ struct StreamSocketTests {
         keep.removeAll()
     }
 
+    /// Between batches the loop may skip sampling the kernel while handlers keep coming (at most 50 µs): a
+    /// handler chain that re-posts itself forever must still let I/O readiness through, in both run() and poll().
+    /// Loop-thread state of the chain below (touched only on the thread running the service).
+    final class ChainState: @unchecked Sendable {
+        var readDone = false
+        var runs = 0
+        let writeAt: Int
+        let peer: Int32
+        init(writeAt: Int, peer: Int32) {
+            self.writeAt = writeAt
+            self.peer = peer
+        }
+    }
+
+    static func chain(_ io: IOService, _ state: ChainState) {
+        state.runs += 1
+        if state.runs == state.writeAt { _ = Glibc.write(state.peer, [UInt8(7)], 1) }
+        if !state.readDone { io.post { chain(io, state) } }
+    }
+
+    /// Between batches the loop may skip sampling the kernel while handlers keep coming (at most 50 µs): a
+    /// handler chain that re-posts itself forever must still let I/O readiness through, in run() and in poll().
+    @Test func selfRepostingChainDoesNotStarveIO() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let buf = RawBuffer(8)
+        let state = ChainState(writeAt: 100, peer: b.nativeHandle)
+        a.asyncReadSome(into: buf.buffer) { error, n in
+            #expect(error == nil && n == 1)
+            state.readDone = true
+        }
+        io.post { Self.chain(io, state) }
+        try io.run(for: .seconds(10))
+        #expect(state.readDone)
+        #expect(state.runs < 1_000_000, "the read waited for \(state.runs) chained handlers")
+
+        // The same through poll(maxHandlers:) calls that never empty the queue.
+        io.restart()  // run() stopped the service when it ran out of work
+        let second = ChainState(writeAt: 1, peer: b.nativeHandle)
+        var secondDone = false
+        a.asyncReadSome(into: buf.buffer) { _, _ in secondDone = true }
+        io.post { Self.chain(io, second) }
+        let deadline = SteadyInstant.now() + .seconds(10)
+        while !secondDone && SteadyInstant.now() < deadline { try io.poll(maxHandlers: 10) }
+        #expect(secondDone)
+        second.readDone = true
+        try io.poll()
+        _ = (a, b)
+    }
+
     @Test func secondReadIsAPreconditionFailure() async {
         await #expect(processExitsWith: .failure) {
             let io = try IOService()
