@@ -6,8 +6,8 @@ import Synchronization
 ///
 /// Kept to three words (24-byte stride): a batch of a thousand posted handlers is written by `post` and read back by
 /// the drain, so the item size is memory traffic per handler. Completions of the framework's own operations carry
-/// no boxed result: a timer wait stores only whether it was aborted, and sockets keep one reusable `IOOperation`
-/// per direction that holds its result.
+/// no boxed result: a timer wait stores only whether it was aborted, and a socket completion names the socket and
+/// the direction, whose result the socket holds.
 ///
 /// `@unchecked Sendable`: only `.handler` items made from `post`'s `@Sendable` closures ever cross threads (through
 /// the shared queue); every other case is created and consumed on the loop thread.
@@ -15,13 +15,9 @@ enum Work: @unchecked Sendable {
     case handler(() throws -> Void)
     /// A timer wait completing: nil on expiry, `operationAborted` when `aborted` (cancel or re-arm).
     case timerWait((IOError?) throws -> Void, aborted: Bool)
-    case operation(IOOperation)
-}
-
-/// A reusable completion object (sockets keep one per direction), invoked from the run/poll drain.
-class IOOperation {
-    /// Runs the user's completion. Called exactly once per enqueue, on the loop thread.
-    func invoke() throws {}
+    /// A socket's read-side (`read`) or write-side operation completing; the socket holds the result. The strong
+    /// reference keeps the socket alive until its completion has run.
+    case socket(any SocketCompletionTarget, read: Bool)
 }
 
 /// An event loop with Boost.Asio `io_context` semantics, driven by the system libev.
@@ -518,7 +514,7 @@ public final class IOService: @unchecked Sendable {
         switch consume work {
         case .handler(let h): try h()
         case .timerWait(let h, let aborted): try h(aborted ? IOError(.operationAborted, "timer wait") : nil)
-        case .operation(let op): try op.invoke()
+        case .socket(let target, let read): try target.completionRun(read: read)
         }
     }
 

@@ -37,7 +37,6 @@ final class ListenerCore<S: StreamSocket>: ListenerBase, SocketCompletionTarget 
     /// The public acceptor, retained while an accept is pending (a pending operation keeps its object alive).
     weak var owner: AnyObject?
     @exclusivity(unchecked) private var keep: AnyObject?
-    private let completion = SocketCompletion(read: true)
     @exclusivity(unchecked) private(set) var generation: UInt64 = 0
     /// The last accept succeeded, so another connection is probably queued: try accept before arming.
     @exclusivity(unchecked) private var likelyReady = false
@@ -51,7 +50,6 @@ final class ListenerCore<S: StreamSocket>: ListenerBase, SocketCompletionTarget 
 
     override init(service: IOService) {
         super.init(service: service)
-        completion.target = self
     }
 
     var isBackingOff: Bool { backoffTimer.isArmed }
@@ -123,7 +121,7 @@ final class ListenerCore<S: StreamSocket>: ListenerBase, SocketCompletionTarget 
     private func finish(_ r: Result<S, IOError>) {
         result = r
         state = .queued
-        service.enqueue(.operation(completion))
+        service.enqueue(.socket(self, read: true))
     }
 
     override func readable() {

@@ -23,24 +23,10 @@ enum OpState {
     case queued
 }
 
-/// A reusable queue entry that calls back into its socket; one per direction, so completions allocate nothing.
-final class SocketCompletion: IOOperation {
-    unowned(unsafe) var target: SocketCompletionTarget?
-    let read: Bool
-
-    init(read: Bool) {
-        self.read = read
-    }
-
-    override func invoke() throws {
-        // A strong local keeps the socket alive for the whole call, even if the completion drops its last
-        // reference.
-        let t = target!
-        try t.completionRun(read: read)
-    }
-}
-
+/// An I/O object whose completions are queued as `Work.socket(self, read:)`: the object holds each direction's
+/// result, so a completion allocates nothing (and a socket needs no completion objects of its own).
 protocol SocketCompletionTarget: AnyObject {
+    /// Runs the completion of the read side (`read`) or the write side. Called once per enqueue, on the loop thread.
     func completionRun(read: Bool) throws
 }
 
@@ -65,8 +51,6 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     /// Both libev watchers in one allocation (a socket per control connection makes this a per-request cost).
     let readWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 2)
     var writeWatcher: UnsafeMutablePointer<ev_io> { readWatcher + 1 }
-    private let readCompletion = SocketCompletion(read: true)
-    private let writeCompletion = SocketCompletion(read: false)
 
     // Loop-thread state (the thread contract below): `@exclusivity(unchecked)` drops the runtime's dynamic
     // exclusivity check, a TLS lookup plus an access-set insert on every access (~40 per control request).
@@ -108,8 +92,6 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
 
     required init(service: IOService, adopting fd: Int32) {
         self.service = service
-        readCompletion.target = self
-        writeCompletion.target = self
         if fd >= 0 { attach(fd) }
         service.register(self)
     }
@@ -276,7 +258,7 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
         readError = error
         readState = .queued
         if let t = readTarget, readDone > 0 { t.commit(readDone) }
-        service.enqueue(.operation(readCompletion))
+        service.enqueue(.socket(self, read: true))
     }
 
     fileprivate func readable() {
@@ -355,7 +337,7 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
         if nativeHandle >= 0 { service.stop(writeWatcher) }
         writeError = error
         writeState = .queued
-        service.enqueue(.operation(writeCompletion))
+        service.enqueue(.socket(self, read: false))
     }
 
     fileprivate func writable() {

@@ -19,8 +19,6 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     @exclusivity(unchecked) var shutdownSlot = -1
     private let readWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
     private let writeWatcher = UnsafeMutablePointer<ev_io>.allocate(capacity: 1)
-    private let receiveCompletion = SocketCompletion(read: true)
-    private let sendCompletion = SocketCompletion(read: false)
 
     private var receiveState = OpState.idle
     private var receiveBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
@@ -63,8 +61,6 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
         let me = Unmanaged.passUnretained(self).toOpaque()
         readWatcher.pointee.data = me
         writeWatcher.pointee.data = me
-        receiveCompletion.target = self
-        sendCompletion.target = self
         service.register(self)
     }
 
@@ -204,7 +200,7 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     private func finishReceive(_ error: IOError?) {
         receiveError = error
         receiveState = .queued
-        service.enqueue(.operation(receiveCompletion))
+        service.enqueue(.socket(self, read: true))
     }
 
     /// Sends one datagram to `peer`; the handler gets `(nil, bytes.count)` or an error.
@@ -265,7 +261,7 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
         if nativeHandle >= 0 { service.stop(writeWatcher) }
         sendError = error
         sendState = .queued
-        service.enqueue(.operation(sendCompletion))
+        service.enqueue(.socket(self, read: false))
     }
 
     fileprivate func readable() {
