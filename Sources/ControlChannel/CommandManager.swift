@@ -80,9 +80,7 @@ public final class CommandResponder: @unchecked Sendable {
                 "assertion failed: respond called twice for command '\(commandName)'; the second answer is ignored")
             return
         }
-        let deliver = completion
-        completion = nil
-        deliver?(response)
+        completion.take()?(response)
     }
 
     /// Delivers an answer. Only the first call counts.

@@ -33,8 +33,7 @@ final class RetryTimer: TimerNode {
     }
 
     func dropForShutdown() {
-        let dropped = action
-        action = nil
-        _ = dropped
+        // Out of the property before it is released: releasing it may arm this timer again.
+        _ = action.take()
     }
 }

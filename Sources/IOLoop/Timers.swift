@@ -163,9 +163,7 @@ public final class IntervalTimer: TimerNode {
     func dropForShutdown() {
         generation &+= 1
         interval = nil
-        let dropped = callback
-        callback = nil
-        _ = dropped
+        _ = callback.take()
     }
 
     private func arm(at instant: UInt64) {
