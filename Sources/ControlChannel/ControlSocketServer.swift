@@ -133,8 +133,8 @@ public final class ControlSocketServer {
     @exclusivity(unchecked) public private(set) var config: ControlSocketConfig
     let logger: Logger
     @exclusivity(unchecked) private var acceptor: UnixStreamAcceptor?
+    /// The accept completion of the current listener (nil: make it at the next accept). Reset with the listener.
     @exclusivity(unchecked) private var acceptHandler: ((Result<UnixStreamSocket, IOError>) throws -> Void)?
-    @exclusivity(unchecked) private weak var acceptHandlerFor: UnixStreamAcceptor?
     @exclusivity(unchecked) private var connections: [ObjectIdentifier: ControlConnection] = [:]
     @exclusivity(unchecked) private var drainWaiters: [() -> Void] = []
     @exclusivity(unchecked) private(set) var acceptedCount = 0
@@ -202,6 +202,7 @@ public final class ControlSocketServer {
         let fresh = try Self.open(service, newConfig)
         let old = acceptor
         acceptor = fresh
+        acceptHandler = nil
         config = newConfig
         old?.close()
         logger.info("control socket moved to \(newConfig.socketName)")
@@ -214,14 +215,12 @@ public final class ControlSocketServer {
     public func close() {
         if let a = acceptor {
             acceptor = nil
+            acceptHandler = nil
             a.close()
             logger.info("control socket \(a.path) closed")
         }
         for c in connections.values { c.closeIfIdle() }
-        if connections.isEmpty && sweepArmedAt != nil {
-            sweepArmedAt = nil
-            sweepTimer.cancel()
-        }
+        cancelSweepIfDone()
     }
 
     /// Calls `completion` (through the service's queue) once no connection is running a command or writing an
@@ -242,11 +241,9 @@ public final class ControlSocketServer {
 
     private func acceptNext() {
         guard let acceptor else { return }
-        if acceptHandler == nil || acceptHandlerFor !== acceptor {
-            acceptHandler = makeAcceptHandler(for: acceptor)
-            acceptHandlerFor = acceptor
-        }
-        acceptor.asyncAccept(acceptHandler!)
+        let handler = acceptHandler ?? makeAcceptHandler(for: acceptor)
+        acceptHandler = handler
+        acceptor.asyncAccept(handler)
     }
 
     /// The accept completion for `acceptor`, made once per listener and reused for every accept (a fresh closure
@@ -274,11 +271,7 @@ public final class ControlSocketServer {
     func connectionClosed(_ c: ControlConnection) {
         unschedule(c)
         connections[ObjectIdentifier(c)] = nil
-        // Closed and empty: a pending sweep must not keep the service's run() going.
-        if acceptor == nil && connections.isEmpty && sweepArmedAt != nil {
-            sweepArmedAt = nil
-            sweepTimer.cancel()
-        }
+        cancelSweepIfDone()
         checkDrained()
     }
 
@@ -313,6 +306,13 @@ public final class ControlSocketServer {
         if let n = c.timeoutNext { n.timeoutPrev = c.timeoutPrev } else { timeoutTail = c.timeoutPrev }
         c.timeoutPrev = nil
         c.timeoutNext = nil
+    }
+
+    /// Closed and no connection left: a pending sweep must not keep the service's run() going.
+    private func cancelSweepIfDone() {
+        guard acceptor == nil, connections.isEmpty, sweepArmedAt != nil else { return }
+        sweepArmedAt = nil
+        sweepTimer.cancel()
     }
 
     private func armSweep(at deadline: SteadyInstant) {
