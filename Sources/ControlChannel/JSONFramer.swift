@@ -183,169 +183,167 @@ public struct JSONFramer: Sendable {
         var k = 0
         var run = 0  // start of bytes still to copy to valueBytes (meaningful in copying states)
 
-        // The scan runs in this method's own frame, not inside a closure: captured mutable locals cost a
-        // runtime exclusivity check on each entry (13 per command before).
-        do {
-            @inline(__always) func flush(_ upTo: Int) {
-                if run < upTo { valueBytes.append(contentsOf: UnsafeBufferPointer(start: p + run, count: upTo - run)) }
-            }
-            func finish(_ st: LexState, _ consumed: Int) {
-                self.state = st
-                self.depth = depth
-                self.totalBytesConsumed += consumed
-            }
-            func fail(_ kind: JSONFramerError.Kind, _ consumed: Int) -> FeedResult {
-                let e = JSONFramerError(kind)
-                failure = e
-                finish(.failed, consumed)
-                return .failed(e)
-            }
+        // The scan runs in this frame, not in a closure: captured mutable locals cost a runtime exclusivity
+        // check on each entry (13 per command when it ran inside withUnsafeBufferPointer).
+        @inline(__always) func flush(_ upTo: Int) {
+            if run < upTo { valueBytes.append(contentsOf: UnsafeBufferPointer(start: p + run, count: upTo - run)) }
+        }
+        func finish(_ st: LexState, _ consumed: Int) {
+            self.state = st
+            self.depth = depth
+            self.totalBytesConsumed += consumed
+        }
+        func fail(_ kind: JSONFramerError.Kind, _ consumed: Int) -> FeedResult {
+            let e = JSONFramerError(kind)
+            failure = e
+            finish(.failed, consumed)
+            return .failed(e)
+        }
 
-            while k < n {
-                switch st {
-                case .value:
-                    while k < n && !framerIsSpecial(p[k]) { k += 1 }
-                    if k == n { break }
-                    switch p[k] {
-                    case 0x22:  // "
-                        st = .string
-                        k += 1
-                    case 0x7B, 0x5B:  // { [
-                        depth += 1
-                        k += 1
-                        if depth > maxDepth { return fail(.tooDeep(limit: maxDepth), k) }
-                    case 0x7D, 0x5D:  // } ]
-                        depth -= 1
-                        k += 1
-                        if depth == 0 {
-                            flush(k)
-                            finish(.complete, k)
-                            return .complete(consumed: k)
-                        }
-                    case 0x23:  // #
-                        flush(k)
-                        st = .lineComment
-                        k += 1
-                    default:  // '/': a comment, or a plain byte the parser will reject
-                        flush(k)
-                        st = .valueSlash
-                        k += 1
-                    }
-                case .string:
-                    while k < n && p[k] != 0x22 && p[k] != 0x5C { k += 1 }
-                    if k == n { break }
-                    st = p[k] == 0x22 ? .value : .stringEscape
-                    k += 1
-                case .stringEscape:
+        while k < n {
+            switch st {
+            case .value:
+                while k < n && !FramerScan.isSpecial(p[k]) { k += 1 }
+                if k == n { break }
+                switch p[k] {
+                case 0x22:  // "
                     st = .string
                     k += 1
-                case .valueSlash:
-                    if p[k] == 0x2F {
-                        st = .lineComment
-                        k += 1
-                    } else if p[k] == 0x2A {
-                        st = .blockComment
-                        k += 1
-                    } else {
-                        valueBytes.append(0x2F)  // the held slash; reprocess this byte as part of the value
-                        run = k
-                        st = .value
+                case 0x7B, 0x5B:  // { [
+                    depth += 1
+                    k += 1
+                    if depth > maxDepth { return fail(.tooDeep(limit: maxDepth), k) }
+                case 0x7D, 0x5D:  // } ]
+                    depth -= 1
+                    k += 1
+                    if depth == 0 {
+                        flush(k)
+                        finish(.complete, k)
+                        return .complete(consumed: k)
                     }
-                case .lineComment:
-                    while k < n && p[k] != 0x0A { k += 1 }
-                    if k == n { break }
-                    run = k  // keep the newline
+                case 0x23:  // #
+                    flush(k)
+                    st = .lineComment
+                    k += 1
+                default:  // '/': a comment, or a plain byte the parser will reject
+                    flush(k)
+                    st = .valueSlash
+                    k += 1
+                }
+            case .string:
+                while k < n && p[k] != 0x22 && p[k] != 0x5C { k += 1 }
+                if k == n { break }
+                st = p[k] == 0x22 ? .value : .stringEscape
+                k += 1
+            case .stringEscape:
+                st = .string
+                k += 1
+            case .valueSlash:
+                if p[k] == 0x2F {
+                    st = .lineComment
+                    k += 1
+                } else if p[k] == 0x2A {
+                    st = .blockComment
+                    k += 1
+                } else {
+                    valueBytes.append(0x2F)  // the held slash; reprocess this byte as part of the value
+                    run = k
+                    st = .value
+                }
+            case .lineComment:
+                while k < n && p[k] != 0x0A { k += 1 }
+                if k == n { break }
+                run = k  // keep the newline
+                st = .value
+                k += 1
+            case .blockComment:
+                while k < n && p[k] != 0x2A && p[k] != 0x0A { k += 1 }
+                if k == n { break }
+                if p[k] == 0x0A { valueBytes.append(0x0A) } else { st = .blockStar }
+                k += 1
+            case .blockStar:
+                let b = p[k]
+                k += 1
+                if b == 0x2F {
+                    st = .value
+                    run = k
+                } else if b == 0x0A {
+                    valueBytes.append(0x0A)
+                    st = .blockComment
+                } else if b != 0x2A {
+                    st = .blockComment
+                }
+            case .preamble:
+                while k < n && FramerScan.isWhitespace(p[k]) { k += 1 }
+                if k == n { break }
+                let b = p[k]
+                if b == 0x7B || b == 0x5B {
+                    hasStarted = true
+                    valueStartOffset = totalBytesConsumed + k
+                    run = k
+                    depth = 1
                     st = .value
                     k += 1
-                case .blockComment:
-                    while k < n && p[k] != 0x2A && p[k] != 0x0A { k += 1 }
-                    if k == n { break }
-                    if p[k] == 0x0A { valueBytes.append(0x0A) } else { st = .blockStar }
+                } else if b == 0x23 {
+                    st = .preambleLineComment
                     k += 1
-                case .blockStar:
-                    let b = p[k]
+                } else if b == 0x2F {
+                    st = .preambleSlash
                     k += 1
-                    if b == 0x2F {
-                        st = .value
-                        run = k
-                    } else if b == 0x0A {
-                        valueBytes.append(0x0A)
-                        st = .blockComment
-                    } else if b != 0x2A {
-                        st = .blockComment
-                    }
-                case .preamble:
-                    while k < n && FramerScan.isWhitespace(p[k]) { k += 1 }
-                    if k == n { break }
-                    let b = p[k]
-                    if b == 0x7B || b == 0x5B {
-                        hasStarted = true
-                        valueStartOffset = totalBytesConsumed + k
-                        run = k
-                        depth = 1
-                        st = .value
-                        k += 1
-                    } else if b == 0x23 {
-                        st = .preambleLineComment
-                        k += 1
-                    } else if b == 0x2F {
-                        st = .preambleSlash
-                        k += 1
-                    } else {
-                        return fail(.invalidFirstCharacter(b), k)
-                    }
-                case .preambleSlash:
-                    if p[k] == 0x2F {
-                        st = .preambleLineComment
-                    } else if p[k] == 0x2A {
-                        st = .preambleBlockComment
-                    } else {
-                        return fail(.invalidFirstCharacter(0x2F), k)
-                    }
-                    k += 1
-                case .preambleLineComment:
-                    while k < n && p[k] != 0x0A { k += 1 }
-                    if k == n { break }
-                    st = .preamble
-                    k += 1
-                case .preambleBlockComment:
-                    while k < n && p[k] != 0x2A { k += 1 }
-                    if k == n { break }
-                    st = .preambleBlockStar
-                    k += 1
-                case .preambleBlockStar:
-                    if p[k] == 0x2F {
-                        st = .preamble
-                    } else if p[k] != 0x2A {
-                        st = .preambleBlockComment
-                    }
-                    k += 1
-                case .complete, .failed:
-                    preconditionFailure("JSONFramer: terminal state inside the scan loop")
+                } else {
+                    return fail(.invalidFirstCharacter(b), k)
                 }
+            case .preambleSlash:
+                if p[k] == 0x2F {
+                    st = .preambleLineComment
+                } else if p[k] == 0x2A {
+                    st = .preambleBlockComment
+                } else {
+                    return fail(.invalidFirstCharacter(0x2F), k)
+                }
+                k += 1
+            case .preambleLineComment:
+                while k < n && p[k] != 0x0A { k += 1 }
+                if k == n { break }
+                st = .preamble
+                k += 1
+            case .preambleBlockComment:
+                while k < n && p[k] != 0x2A { k += 1 }
+                if k == n { break }
+                st = .preambleBlockStar
+                k += 1
+            case .preambleBlockStar:
+                if p[k] == 0x2F {
+                    st = .preamble
+                } else if p[k] != 0x2A {
+                    st = .preambleBlockComment
+                }
+                k += 1
+            case .complete, .failed:
+                preconditionFailure("JSONFramer: terminal state inside the scan loop")
             }
-            // End of the allowed part of the chunk.
-            if st == .value || st == .string || st == .stringEscape { flush(n) }
-            if n < total { return fail(.tooLarge(limit: maxSize), n) }
-            finish(st, n)
-            return .needMoreData
         }
+        // End of the allowed part of the chunk.
+        if st == .value || st == .string || st == .stringEscape { flush(n) }
+        if n < total { return fail(.tooLarge(limit: maxSize), n) }
+        finish(st, n)
+        return .needMoreData
     }
 }
 
-/// Whether `b` needs attention inside a value outside strings: `" # / [ ] { }`. Two 64-bit masks, no table.
-@inline(__always)
-private func framerIsSpecial(_ b: UInt8) -> Bool {
-    // Bits 0x22, 0x23, 0x2F; and 0x5B, 0x5D, 0x7B, 0x7D relative to 64.
-    let low: UInt64 = (1 << 0x22) | (1 << 0x23) | (1 << 0x2F)
-    let high: UInt64 = (1 << (0x5B - 64)) | (1 << (0x5D - 64)) | (1 << (0x7B - 64)) | (1 << (0x7D - 64))
-    if b < 64 { return (low >> UInt64(b)) & 1 != 0 }
-    if b < 128 { return (high >> UInt64(b &- 64)) & 1 != 0 }
-    return false
-}
-
-/// Lookup helpers for the framer's scan loops.
+/// Byte classes for the framer's scan loops.
 private enum FramerScan {
+    /// Whether `b` needs attention inside a value outside strings: `" # / [ ] { }`. Two 64-bit masks, no table.
+    @inline(__always)
+    static func isSpecial(_ b: UInt8) -> Bool {
+        // Bits 0x22, 0x23, 0x2F; and 0x5B, 0x5D, 0x7B, 0x7D relative to 64.
+        let low: UInt64 = (1 << 0x22) | (1 << 0x23) | (1 << 0x2F)
+        let high: UInt64 = (1 << (0x5B - 64)) | (1 << (0x5D - 64)) | (1 << (0x7B - 64)) | (1 << (0x7D - 64))
+        if b < 64 { return (low >> UInt64(b)) & 1 != 0 }
+        if b < 128 { return (high >> UInt64(b &- 64)) & 1 != 0 }
+        return false
+    }
+
     @inline(__always)
     static func isWhitespace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0A || b == 0x0D }
 }
