@@ -11,6 +11,13 @@ final class Counter: Sendable {
     var count: Int { value.load(ordering: .relaxed) }
 }
 
+/// Bumps `released` when it is deallocated: captured by a handler, it shows whether the handler was released.
+final class Sentinel: Sendable {
+    let released: Counter
+    init(_ c: Counter) { released = c }
+    deinit { released.bump() }
+}
+
 /// Records values in order; handlers run on the loop thread, but tests read it from the test thread.
 final class Recorder<T: Sendable>: Sendable {
     private let items = Mutex<[T]>([])
@@ -232,11 +239,6 @@ struct RunFamilyTests {
     }
 
     @Test func shutdownReleasesHandlersWithoutCallingThem() throws {
-        final class Sentinel: Sendable {
-            let released: Counter
-            init(_ c: Counter) { released = c }
-            deinit { released.bump() }
-        }
         let released = Counter()
         let called = Counter()
         let io = try IOService()
@@ -263,18 +265,13 @@ struct RunFamilyTests {
     /// Its handlers must still be released (before the fix only the heap's reference was: the handlers, and
     /// everything they captured, stayed alive).
     @Test func shutdownReleasesTheHandlersOfTimersStillReferenced() throws {
-        final class Captured {
-            let released: Counter
-            init(_ c: Counter) { released = c }
-            deinit { released.bump() }
-        }
         let released = Counter()
         let called = Counter()
         let io = try IOService()
         let steady = SteadyTimer(io, expiresAfter: .seconds(100))
         let interval = IntervalTimer(io)
         do {
-            let captured = Captured(released)
+            let captured = Sentinel(released)
             steady.asyncWait { _ in
                 _ = captured
                 called.bump()
@@ -308,11 +305,6 @@ struct RunFamilyTests {
     /// Releasing a handler can start new work (a deinit that answers, as a `CommandResponder` released
     /// unanswered does). The shutdown releases that too, instead of leaving it pending on a stopped service.
     @Test func workStartedWhileShuttingDownIsReleasedToo() throws {
-        final class Sentinel: Sendable {
-            let released: Counter
-            init(_ c: Counter) { released = c }
-            deinit { released.bump() }
-        }
         /// Its deinit starts a wait on `next` and posts, each capturing a sentinel. Sendable only to be posted;
         /// it is used on this thread alone.
         final class Restarter: @unchecked Sendable {

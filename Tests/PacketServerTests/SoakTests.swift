@@ -28,30 +28,6 @@ func descriptorCount(of pid: Int32) -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
 }
 
-/// Connects a blocking UNIX stream socket (10 s receive timeout); returns the descriptor or -errno.
-func connectControl(_ path: String) -> Int32 {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return -errno }
-    var tv = timeval(tv_sec: 30, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-        for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
-    }
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-        }
-    }
-    if rc != 0 {
-        let e = errno
-        close(fd)
-        return -e
-    }
-    return fd
-}
-
 /// Reads to EOF (or error); returns the text.
 func readAll(_ fd: Int32) -> String {
     var out: [UInt8] = []

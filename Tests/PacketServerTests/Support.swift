@@ -210,12 +210,11 @@ struct SocketError: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Connects to a UNIX socket, writes `bytes`, reads to EOF (receive timeout 10 s).
-func controlRoundTrip(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw SocketError(description: "socket: errno \(errno)") }
-    defer { close(fd) }
-    var tv = timeval(tv_sec: 10, tv_usec: 0)
+/// Connects a blocking UNIX stream socket with a receive timeout; returns the descriptor or -errno.
+func connectControl(_ path: String, receiveTimeoutSeconds: Int = 30) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return -errno }
+    var tv = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var addr = sockaddr_un()
     addr.sun_family = sa_family_t(AF_UNIX)
@@ -227,7 +226,19 @@ func controlRoundTrip(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
             connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
         }
     }
-    guard rc == 0 else { throw SocketError(description: "connect \(path): errno \(errno)") }
+    if rc != 0 {
+        let e = errno
+        close(fd)
+        return -e
+    }
+    return fd
+}
+
+/// Connects to a UNIX socket, writes `bytes`, reads to EOF (receive timeout 10 s).
+func controlRoundTrip(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
+    let fd = connectControl(path, receiveTimeoutSeconds: 10)
+    guard fd >= 0 else { throw SocketError(description: "connect \(path): errno \(-fd)") }
+    defer { close(fd) }
     var off = 0
     while off < bytes.count {
         let n = bytes[off...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
