@@ -11,17 +11,6 @@ import ControlChannel
 import Glibc
 import IOLoop
 
-/// A failed oracle: prints why (release builds drop precondition messages) and traps for libFuzzer.
-private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
-    if !condition { failure(message()) }
-}
-
-private func failure(_ message: String) -> Never {
-    let line = Array("FUZZ ORACLE FAILED: \(message)\n".utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-    abort()
-}
-
 private struct Pair: Decodable {
     var a: Int
     var b: String?

@@ -9,17 +9,6 @@
 import ControlChannel
 import Glibc
 
-/// A failed oracle: prints why (release builds drop precondition messages) and traps for libFuzzer.
-private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
-    if !condition { failure(message()) }
-}
-
-private func failure(_ message: String) -> Never {
-    let line = Array("FUZZ ORACLE FAILED: \(message)\n".utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-    abort()
-}
-
 private struct Outcome: Equatable {
     var complete: Bool
     var error: JSONFramerError?
