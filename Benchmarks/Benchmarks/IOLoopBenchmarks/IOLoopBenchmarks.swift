@@ -99,29 +99,15 @@ let benchmarks: @Sendable () -> Void = {
             scalingFactor: .one, maxDuration: .seconds(5), maxIterations: 5)
     ) { benchmark in
         let io = try IOService()
-        var late: [Int64] = []
-        late.reserveCapacity(Sizes.timers)
-        var early = 0
-        var timers: [SteadyTimer] = []
-        timers.reserveCapacity(Sizes.timers)
-        let start = nowNs() + Sizes.timerStartNs
-        for i in 0..<Sizes.timers {
-            let deadline = start + Sizes.timerSlot(i) * (Sizes.timerSpanNs / UInt64(Sizes.timers))
-            let t = SteadyTimer(io)
-            t.expires(at: SteadyInstant(nanoseconds: deadline))
-            t.asyncWait { _ in
-                let now = nowNs()
-                if now < deadline { early += 1 }
-                late.append(Int64(bitPattern: now &- deadline))
-            }
-            timers.append(t)
-        }
+        let results = TimerResults()
+        let timers = armSpreadTimers(io, into: results)
         try io.run()
         benchmark.stopMeasurement()
-        late.sort()
+        let late = results.late.sorted()
         benchmark.measurement(TimerMetrics.lateP50, Int(percentile(late, 50) / 1000))
         benchmark.measurement(TimerMetrics.lateP99, Int(percentile(late, 99) / 1000))
-        benchmark.measurement(TimerMetrics.early, early)
+        benchmark.measurement(TimerMetrics.early, results.early)
+        _ = timers
     }
 
     // Control channel, in process. Throughput (×1 per inner iteration) times the command size is MB/s;

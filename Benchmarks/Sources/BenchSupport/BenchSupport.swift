@@ -77,6 +77,36 @@ public final class BenchLoop {
     }
 }
 
+/// What the timers workload's handlers record: lateness of each (ns, monotonic time in the handler minus the
+/// deadline) and how many ran before their deadline.
+public final class TimerResults {
+    public var late: [Int64] = []
+    public var early = 0
+    public init() { late.reserveCapacity(Sizes.timers) }
+}
+
+/// The timers workload's set-up, the same in both Swift runners (and in the C/C++ comparators):
+/// `Sizes.timers` one-shot timers created in the fixed permuted order, deadlines spread evenly over
+/// `timerSpanNs` starting `timerStartNs` after this call; each handler records into `results`.
+/// Returns the timers (keep them until the service has run).
+public func armSpreadTimers(_ io: IOService, into results: TimerResults) -> [SteadyTimer] {
+    var timers: [SteadyTimer] = []
+    timers.reserveCapacity(Sizes.timers)
+    let start = nowNs() + Sizes.timerStartNs
+    for i in 0..<Sizes.timers {
+        let deadline = start + Sizes.timerSlot(i) * (Sizes.timerSpanNs / UInt64(Sizes.timers))
+        let t = SteadyTimer(io)
+        t.expires(at: SteadyInstant(nanoseconds: deadline))
+        t.asyncWait { _ in
+            let now = nowNs()
+            if now < deadline { results.early += 1 }
+            results.late.append(Int64(bitPattern: now &- deadline))
+        }
+        timers.append(t)
+    }
+    return timers
+}
+
 /// Starts a POSIX thread running `body`; join it with `join(_:)`.
 public func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }

@@ -116,31 +116,12 @@ func wakeupLatency() throws {
 }
 
 /// Results of the timer workload, filled on the loop thread.
-final class TimerResults {
-    var late: [Int64] = []
-    var early = 0
-    init() { late.reserveCapacity(Sizes.timers) }
-}
-
 func timers() throws {
     let io = try IOService()
     let results = TimerResults()
     let cpu0 = cpuNs()
-    var timers: [SteadyTimer] = []
-    timers.reserveCapacity(Sizes.timers)
     let setupStart = nowNs()
-    let start = setupStart + Sizes.timerStartNs
-    for i in 0..<Sizes.timers {
-        let deadline = start + Sizes.timerSlot(i) * (Sizes.timerSpanNs / UInt64(Sizes.timers))
-        let t = SteadyTimer(io)
-        t.expires(at: SteadyInstant(nanoseconds: deadline))
-        t.asyncWait { _ in
-            let now = nowNs()
-            if now < deadline { results.early += 1 }
-            results.late.append(Int64(bitPattern: now &- deadline))
-        }
-        timers.append(t)
-    }
+    let timers = armSpreadTimers(io, into: results)
     let setupEnd = nowNs()
     try io.run()
     let cpu1 = cpuNs()
