@@ -265,8 +265,8 @@ public final class IOService: @unchecked Sendable {
     /// A timer's handler becomes ready no earlier than its deadline (never early, whatever the slack) and, when
     /// the loop is otherwise idle, no later than deadline + slack. The default, 50 µs, is Linux's default timer
     /// slack (`PR_GET_TIMERSLACK`): the same coalescing the kernel applies to a thread's own `poll`/`epoll_wait`/
-    /// `nanosleep` timeouts, which a timerfd does not get. With dense
-    /// timers (one every microsecond) it lets the loop sleep between batches instead of waking per deadline.
+    /// `nanosleep` timeouts, which a timerfd does not get. With dense timers (one every microsecond) it lets the
+    /// loop sleep between batches instead of waking per deadline.
     /// Set `.zero` for wake-ups as exact as the kernel allows. Negative values are treated as zero.
     ///
     /// Thread contract: the thread that runs the service. libev counterpart: `ev_set_timeout_collect_interval`;
@@ -681,8 +681,8 @@ public final class IOService: @unchecked Sendable {
     }
 
     /// How long a host may block before it must call `poll()`: zero when handlers are ready, the time to
-    /// the earliest timer (plus ``timerSlack``), or nil when only I/O, posts or signals can make work (block indefinitely on
-    /// ``pollDescriptor()``).
+    /// the earliest timer (plus ``timerSlack``), or nil when only I/O, posts or signals can make work (block
+    /// indefinitely on ``pollDescriptor()``).
     ///
     /// Also pushes watcher changes made outside `poll()` to the kernel, so the descriptor reflects every
     /// armed operation. Round the result up, never down, when converting to milliseconds.
