@@ -1,8 +1,8 @@
+import BenchSupport
 // package-benchmark suites for IOLoop: wall clock, CPU and malloc counters per operation, for
 // regression tracking (`swift package benchmark` in Benchmarks/). Side-by-side ratios against C libev
 // and Boost.Asio come from `ioloop-bench` and `compare`, which share one methodology with the comparators.
 import Benchmark
-import BenchSupport
 import ControlChannel
 import Glibc
 import IOLoop
@@ -95,7 +95,10 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark(
         "100k timers over 100 ms",
         configuration: .init(
-            metrics: [.wallClock, .cpuTotal, .mallocCountTotal, TimerMetrics.lateP50, TimerMetrics.lateP99, TimerMetrics.early],
+            metrics: [
+                .wallClock, .cpuTotal, .mallocCountTotal, TimerMetrics.lateP50, TimerMetrics.lateP99,
+                TimerMetrics.early,
+            ],
             scalingFactor: .one, maxDuration: .seconds(5), maxIterations: 5)
     ) { benchmark in
         let io = try IOService()

@@ -17,7 +17,8 @@ public enum ControlFixtures {
             text += #"{"id":\#(i + 1),"subnet":"10.\#(i / 256 % 256).\#(i % 256).0/24","#
             text += #""pools":[{"pool":"10.\#(i / 256 % 256).\#(i % 256).10 - 10.\#(i / 256 % 256).\#(i % 256).200"}],"#
             text += #""valid-lifetime":\#(3600 + i % 7),"comment":"rack \"\#(i % 97)\" \u00e9 line\nnext","#
-            text += #""option-data":[{"name":"routers","data":"10.0.\#(i % 256).1"},{"name":"domain-name-servers","data":"192.0.2.1, 192.0.2.2"}]}"#
+            text +=
+                #""option-data":[{"name":"routers","data":"10.0.\#(i % 256).1"},{"name":"domain-name-servers","data":"192.0.2.1, 192.0.2.2"}]}"#
             i += 1
         }
         text += "]}}}"

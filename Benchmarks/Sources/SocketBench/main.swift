@@ -183,7 +183,8 @@ func listenRead(_ path: String) throws {
     unlink(path)
     let secs = Double(reader.tLast &- reader.tFirst) / 1e9
     let mbps = secs > 0 ? Double(reader.total) / 1_048_576 / secs : 0
-    print(#"{"impl":"ioloop","workload":"bulk_read","bytes":\#(reader.total),"mb_per_s":\#((mbps * 10).rounded() / 10)}"#)
+    print(
+        #"{"impl":"ioloop","workload":"bulk_read","bytes":\#(reader.total),"mb_per_s":\#((mbps * 10).rounded() / 10)}"#)
 }
 
 let args = CommandLine.arguments

@@ -12,7 +12,9 @@ import Synchronization
 func emitRate(_ workload: String, _ ops: Int, _ ns: UInt64) {
     let nsPerOp = Double(ns) / Double(ops)
     let opsPerS = Double(ops) * 1e9 / Double(ns)
-    print(#"{"impl":"ioloop","workload":"\#(workload)","ops":\#(ops),"ns_per_op":\#(fmt(nsPerOp, 3)),"ops_per_s":\#(fmt(opsPerS, 1))}"#)
+    print(
+        #"{"impl":"ioloop","workload":"\#(workload)","ops":\#(ops),"ns_per_op":\#(fmt(nsPerOp, 3)),"ops_per_s":\#(fmt(opsPerS, 1))}"#
+    )
 }
 
 func fmt(_ x: Double, _ digits: Int) -> String {
@@ -112,7 +114,9 @@ func wakeupLatency() throws {
     join(loopThread)
     io.restart()
     lat.sort()
-    print(#"{"impl":"ioloop","workload":"wakeup_latency","ops":\#(Sizes.wakeup),"p50_us":\#(fmt(Double(percentile(lat, 50)) / 1e3, 3)),"p99_us":\#(fmt(Double(percentile(lat, 99)) / 1e3, 3))}"#)
+    print(
+        #"{"impl":"ioloop","workload":"wakeup_latency","ops":\#(Sizes.wakeup),"p50_us":\#(fmt(Double(percentile(lat, 50)) / 1e3, 3)),"p99_us":\#(fmt(Double(percentile(lat, 99)) / 1e3, 3))}"#
+    )
 }
 
 /// Results of the timer workload, filled on the loop thread.
@@ -128,7 +132,9 @@ func timers() throws {
     var late = results.late
     late.sort()
     let cpuPer = Double(cpu1 - cpu0) / Double(Sizes.timers)
-    print(#"{"impl":"ioloop","workload":"timers","ops":\#(late.count),"cpu_ns_per_timer":\#(fmt(cpuPer, 1)),"setup_ns_per_timer":\#(fmt(Double(setupEnd - setupStart) / Double(Sizes.timers), 1)),"late_p50_us":\#(fmt(Double(percentile(late, 50)) / 1e3, 1)),"late_p99_us":\#(fmt(Double(percentile(late, 99)) / 1e3, 1)),"early":\#(results.early)}"#)
+    print(
+        #"{"impl":"ioloop","workload":"timers","ops":\#(late.count),"cpu_ns_per_timer":\#(fmt(cpuPer, 1)),"setup_ns_per_timer":\#(fmt(Double(setupEnd - setupStart) / Double(Sizes.timers), 1)),"late_p50_us":\#(fmt(Double(percentile(late, 50)) / 1e3, 1)),"late_p99_us":\#(fmt(Double(percentile(late, 99)) / 1e3, 1)),"early":\#(results.early)}"#
+    )
     _ = timers.count
 }
 
@@ -147,7 +153,9 @@ func framerParser(_ workload: String, _ bytes: [UInt8], minOps: Int) {
     t1 = nowNs()
     let ns = Double(t1 - t0)
     let mbps = Double(bytes.count * ops) / 1_048_576 / (ns / 1e9)
-    print(#"{"impl":"ioloop","workload":"\#(workload)","ops":\#(ops),"bytes_per_op":\#(bytes.count),"mb_per_s":\#(fmt(mbps, 1)),"ns_per_op":\#(fmt(ns / Double(ops), 1))}"#)
+    print(
+        #"{"impl":"ioloop","workload":"\#(workload)","ops":\#(ops),"bytes_per_op":\#(bytes.count),"mb_per_s":\#(fmt(mbps, 1)),"ns_per_op":\#(fmt(ns / Double(ops), 1))}"#
+    )
 }
 
 func framerParserSmall() { framerParser("framer_parser_small", ControlFixtures.smallCommand, minOps: 200_000) }
@@ -171,7 +179,9 @@ func processCommand() {
     blackHole(sink)
     let a = Double(t1 - t0) / Double(n)
     let b = Double(t3 - t2) / Double(n)
-    print(#"{"impl":"ioloop","workload":"process_command","ops":\#(n),"ns_per_op":\#(fmt(a, 1)),"ops_per_s":\#(fmt(1e9 / a, 1)),"bytes_ns_per_op":\#(fmt(b, 1)),"bytes_ops_per_s":\#(fmt(1e9 / b, 1))}"#)
+    print(
+        #"{"impl":"ioloop","workload":"process_command","ops":\#(n),"ns_per_op":\#(fmt(a, 1)),"ops_per_s":\#(fmt(1e9 / a, 1)),"bytes_ns_per_op":\#(fmt(b, 1)),"bytes_ops_per_s":\#(fmt(1e9 / b, 1))}"#
+    )
 }
 
 @inline(never)
