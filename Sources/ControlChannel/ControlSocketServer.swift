@@ -241,9 +241,11 @@ public final class ControlSocketServer {
 
     private func acceptNext() {
         guard let acceptor else { return }
-        let handler = acceptHandler ?? makeAcceptHandler(for: acceptor)
-        acceptHandler = handler
-        acceptor.asyncAccept(handler)
+        // Assigned only when nil, never read back and stored again: each trip of a closure through an Optional
+        // (whose payload is held at the generic abstraction) wraps it in one more reabstraction thunk, and a
+        // re-stored handler grew by two thunks per connection (quadratic slow-down; seen in the benchmark).
+        if acceptHandler == nil { acceptHandler = makeAcceptHandler(for: acceptor) }
+        acceptor.asyncAccept(acceptHandler!)
     }
 
     /// The accept completion for `acceptor`, made once per listener and reused for every accept (a fresh closure

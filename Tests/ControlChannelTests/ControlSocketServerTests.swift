@@ -3,6 +3,7 @@
 import Foundation
 import Glibc
 import IOLoop
+import Logging
 import Synchronization
 import Testing
 
@@ -649,6 +650,22 @@ struct ControlSocketServerTests {
         #expect(waitUntil { h.connectionCount == 0 })
     }
 
+    /// The accept completion is reused for every connection; it must not grow with them. A regression wrapped the
+    /// stored closure in two more reabstraction thunks per connection (each accept ran through all of them:
+    /// quadratic time, and in the end a stack overflow). The stack depth at "connection opened", logged from
+    /// inside the accept completion, must be the same for the 300th connection as for the 2nd.
+    @Test func acceptCompletionDoesNotGrowWithConnections() throws {
+        let depths = DepthRecorder()
+        var logger = Logger(label: "test", factory: { _ in DepthRecordingHandler(recorder: depths) })
+        logger.logLevel = .debug
+        let h = try ServerHarness(logger: logger)
+        defer { h.stop() }
+        for _ in 0..<300 { _ = try exchange(h.path, #"{"command": "count"}"#) }
+        let seen = depths.values
+        #expect(seen.count == 300)
+        if seen.count == 300 { #expect(seen[299] == seen[1], "stack depth at accept: \(seen[1]) then \(seen[299])") }
+    }
+
     @Test func idleConnectionDoesNotDelayAnother() throws {
         let h = try ServerHarness(configure: { $0.inactivityTimeout = .seconds(30) })
         defer { h.stop() }
@@ -659,5 +676,27 @@ struct ControlSocketServerTests {
         #expect(try exchange(h.path, #"{"command": "count"}"#) == #"{"arguments":{},"result":0,"text":"counted"}"#)
         #expect(ContinuousClock.now - start < .seconds(5))
         _ = idle
+    }
+}
+
+/// Stack depths recorded by `DepthRecordingHandler`, in order.
+final class DepthRecorder: Sendable {
+    private let depths = Mutex<[Int]>([])
+    var values: [Int] { depths.withLock { $0 } }
+    func record(_ depth: Int) { depths.withLock { $0.append(depth) } }
+}
+
+/// A log handler that records the call-stack depth at each "control connection opened" message.
+struct DepthRecordingHandler: LogHandler {
+    let recorder: DepthRecorder
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .debug
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        guard event.message.description.hasPrefix("control connection opened") else { return }
+        recorder.record(Thread.callStackReturnAddresses.count)
     }
 }

@@ -78,7 +78,7 @@ final class ServerHarness: @unchecked Sendable {
 
     init(
         name: String = "c.sock", configure: (inout ControlSocketConfig) -> Void = { _ in },
-        setup: (CommandManager) throws -> Void = { _ in }
+        logger: Logger = quietLogger, setup: (CommandManager) throws -> Void = { _ in }
     ) throws {
         dir = try TempDir()
         path = dir.file(name)
@@ -88,7 +88,7 @@ final class ServerHarness: @unchecked Sendable {
         configure(&config)
         try registerTestCommands()
         try setup(manager)
-        server = try ControlSocketServer(service: service, commandManager: manager, config: config, logger: quietLogger)
+        server = try ControlSocketServer(service: service, commandManager: manager, config: config, logger: logger)
         start()
     }
 
