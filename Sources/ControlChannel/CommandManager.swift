@@ -152,14 +152,12 @@ public final class CommandManager: @unchecked Sendable {
         case listCommands
     }
 
-    private var handlers: [String: Entry] = [:] {
-
+    // Loop-thread state (see the thread contract): no dynamic exclusivity checks, a runtime call per access.
+    @exclusivity(unchecked) private var handlers: [String: Entry] = [:] {
         didSet { namesCache = nil }
-
     }
 
     /// Sorted names and their `list-commands` array, rebuilt only after a registration change.
-
     @exclusivity(unchecked) private var namesCache: (names: [String], json: JSONValue)?
     @exclusivity(unchecked) private var observers: [(id: Int, observer: Observer)] = []
     @exclusivity(unchecked) private var nextObserverID = 0
@@ -287,7 +285,7 @@ public final class CommandManager: @unchecked Sendable {
             return .failure(CommandValidationError("invalid command: does not contain mandatory 'command'"))
         }
         var unsupported: String?
-        for key in map.keys where !allowedTopLevelKeys.contains(key) {
+        for key in map.keys where !isAllowedTopLevelKey(key) {
             if let u = unsupported, !key.utf8.lexicographicallyPrecedes(u.utf8) { continue }
             unsupported = key
         }
@@ -300,6 +298,14 @@ public final class CommandManager: @unchecked Sendable {
                     "invalid command: expected 'command' to be a string, got \(nameValue.typeName) instead"))
         }
         return .success(ValidatedCommand(name: name, arguments: map["arguments"], command: command))
+    }
+
+    /// Whether `key` is one of ``allowedTopLevelKeys`` (compared, not hashed: this runs for every request).
+    static func isAllowedTopLevelKey(_ key: String) -> Bool {
+        switch key {
+        case "command", "arguments", "service", "remote-address": return true
+        default: return false
+        }
     }
 
     // MARK: Processing
@@ -413,6 +419,10 @@ public final class CommandManager: @unchecked Sendable {
     /// Checks the answer shape, runs observers, guarantees `arguments`, and delivers.
     private func finish(_ command: ValidatedCommand, _ response: JSONValue, _ completion: (JSONValue) -> Void) {
         var response = Self.normalized(response) ?? invalidAnswer(command.name, response)
+        if observers.isEmpty {
+            completion(response)
+            return
+        }
         for (_, observer) in observers {
             observer(command.name, command.arguments, &response)
         }

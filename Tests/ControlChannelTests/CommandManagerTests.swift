@@ -90,6 +90,9 @@ struct CommandManagerTests {
         _ = try process(m, #"{"command": "echo"}"#)
         _ = try process(m, #"{"command": "echo", "arguments": null}"#)
         #expect(seen.value == [.integer(1), [1, 2], nil, .null])
+        // The per-request check agrees with the published set.
+        #expect(CommandManager.allowedTopLevelKeys.allSatisfy(CommandManager.isAllowedTopLevelKey))
+        #expect(!CommandManager.isAllowedTopLevelKey("Command") && !CommandManager.isAllowedTopLevelKey(""))
     }
 
     @Test func unknownCommandIsUnsupportedAndCaseSensitive() throws {
