@@ -417,6 +417,17 @@ final class ControlConnection {
 
     func start() {
         logger.debug("control connection opened on fd \(fd)")
+        // A client connects to send its command, which is usually there by the time it is accepted: handle it in
+        // this handler, without arming the timeout or waiting a loop pass for the read's completion.
+        do throws(IOError) {
+            if let n = try socket.readSome(into: buffer) {
+                readCompleted(nil, n)
+                return
+            }
+        } catch {
+            readCompleted(error, 0)
+            return
+        }
         armTimer(config.inactivityTimeout)
         read()
     }
@@ -427,42 +438,49 @@ final class ControlConnection {
 
     // MARK: reading
 
+    /// Waits for the next chunk of the command.
     private func read() {
         socket.asyncReadSome(into: buffer) { [self] error, n in
             guard state == .reading else { return }
-            if let error {
-                if error.isOperationAborted { return }
-                if error == .eof {
-                    let partial = framer.partialCommandByteCount
-                    let detail =
-                        partial > 0 ? "discarding partial command of \(partial) bytes" : "no input data to discard"
-                    logger.info("control connection fd \(fd) closed by the client, \(detail)")
-                } else {
-                    logger.warning("control connection fd \(fd) read failed: \(error)")
-                }
-                finish()
-                return
+            readCompleted(error, n)
+        }
+    }
+
+    /// Feeds `n` bytes read into `buffer` to the framer (or handles the read's error) and goes on: read more,
+    /// process the command, or answer the framing error.
+    private func readCompleted(_ error: IOError?, _ n: Int) {
+        if let error {
+            if error.isOperationAborted { return }
+            if error == .eof {
+                let partial = framer.partialCommandByteCount
+                let detail =
+                    partial > 0 ? "discarding partial command of \(partial) bytes" : "no input data to discard"
+                logger.info("control connection fd \(fd) closed by the client, \(detail)")
+            } else {
+                logger.warning("control connection fd \(fd) read failed: \(error)")
             }
-            let result = framer.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            if case .complete(let consumed) = result {
-                // The command ended exactly where a short read ended: nothing else was queued then, so the
-                // close can skip the probe for unread input (one system call per connection).
-                mayHaveUnreadInput = consumed < n || n == buffer.count
-            }
-            if n == buffer.count && buffer.count < Self.largeBuffer {
-                buffer.deallocate()
-                buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
-            }
-            switch result {
-            case .needMoreData:
-                deadline = .now() + config.inactivityTimeout
-                read()
-            case .complete:
-                process()
-            case .failed(let failure):
-                logger.warning("control connection fd \(fd): \(failure.text)")
-                send(CommandManager.answerBytes(for: failure))
-            }
+            finish()
+            return
+        }
+        let result = framer.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        if case .complete(let consumed) = result {
+            // The command ended exactly where a short read ended: nothing else was queued then, so the
+            // close can skip the probe for unread input (one system call per connection).
+            mayHaveUnreadInput = consumed < n || n == buffer.count
+        }
+        if n == buffer.count && buffer.count < Self.largeBuffer {
+            buffer.deallocate()
+            buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
+        }
+        switch result {
+        case .needMoreData:
+            armTimer(config.inactivityTimeout)
+            read()
+        case .complete:
+            process()
+        case .failed(let failure):
+            logger.warning("control connection fd \(fd): \(failure.text)")
+            send(CommandManager.answerBytes(for: failure))
         }
     }
 
@@ -538,7 +556,27 @@ final class ControlConnection {
         state = .writing
         answer = bytes
         written = 0
+        // Most answers fit the socket's send buffer: write now and, if all of it went, close in this same
+        // handler. The client then finds its answer and the end of stream together (one wake-up, not two), and
+        // the connection costs no write completion or loop pass.
+        let now = answer.withUnsafeBytes { raw in
+            Result { () throws(IOError) -> Int? in try socket.writeSome(raw) }
+        }
+        switch now {
+        case .success(let n): written = n ?? 0
+        case .failure(let error):
+            writeFailed(error)
+            return
+        }
         writeNext()
+    }
+
+    private func writeFailed(_ error: IOError) {
+        if !error.isOperationAborted {
+            // The client left mid-answer: its command has run; nothing else to do.
+            logger.info("control connection fd \(fd): client left while the answer was written (\(error))")
+        }
+        finish()
     }
 
     private func writeNext() {
@@ -555,11 +593,7 @@ final class ControlConnection {
             guard state == .writing else { return }
             written += transferred
             if let error {
-                if !error.isOperationAborted {
-                    // The client left mid-answer: its command has run; nothing else to do.
-                    logger.info("control connection fd \(fd): client left while the answer was written (\(error))")
-                }
-                finish()
+                writeFailed(error)
                 return
             }
             writeNext()

@@ -270,7 +270,67 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
         }
     }
 
+    /// Reads what is available now, without waiting: up to `buffer.count` bytes.
+    ///
+    /// Returns the count read (> 0), or nil when nothing is available yet (`EAGAIN`); then start an
+    /// `asyncReadSome` to wait. Lets a caller that expects data (a
+    /// request right after the accept) handle it in the current handler instead of a later one. A zero-length
+    /// buffer returns 0.
+    ///
+    /// - Throws: `.eof` when the peer closed its sending side; `IOError` from `read` (`ECONNRESET`, `EBADF` on
+    ///   a closed socket, ...). `EINTR` is retried.
+    /// Precondition: no read pending on this socket (it would race with the pending one for the bytes).
+    /// Thread contract: the loop thread. Asio: `read_some` on a socket in non-blocking mode (which reports
+    /// `would_block` as an error where this returns nil).
+    public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> Int? {
+        precondition(readState == .idle, "readSome while a read is pending on this socket")
+        let fd = nativeHandle
+        if fd < 0 { throw IOError(errno: EBADF, "read on a closed socket") }
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        while true {
+            let n = Glibc.read(fd, base, buffer.count)
+            if n > 0 {
+                readLikelyReady = n == buffer.count
+                return n
+            }
+            if n == 0 { throw IOError(.eof, "read on fd \(fd)") }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK {
+                readLikelyReady = false
+                return nil
+            }
+            throw IOError(errno: e, "read on fd \(fd)")
+        }
+    }
+
     // MARK: - Writing
+
+    /// Writes what the socket takes now, without waiting: up to `bytes.count` bytes.
+    ///
+    /// Returns the count written, which may be less than `bytes.count` (a full send buffer), or nil when the
+    /// socket takes nothing now (`EAGAIN`); write the rest with `asyncWrite`.
+    /// Lets a caller whose answer fits the send buffer finish (and close) in the current handler. An empty
+    /// `bytes` returns 0. `MSG_NOSIGNAL`: a peer that went away gives `EPIPE`, never `SIGPIPE`.
+    ///
+    /// - Throws: `IOError` from `send` (`EPIPE`, `ECONNRESET`, `EBADF` on a closed socket, ...). `EINTR` is
+    ///   retried.
+    /// Precondition: no write or connect pending (the bytes would interleave with the pending write's).
+    /// Thread contract: the loop thread. Asio: `write_some` on a socket in non-blocking mode.
+    public func writeSome(_ bytes: UnsafeRawBufferPointer) throws(IOError) -> Int? {
+        precondition(writeState == .idle, "writeSome while a write or connect is pending on this socket")
+        let fd = nativeHandle
+        if fd < 0 { throw IOError(errno: EBADF, "write on a closed socket") }
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
+        while true {
+            let n = send(fd, base, bytes.count, Int32(MSG_NOSIGNAL))
+            if n >= 0 { return n }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw IOError(errno: e, "write on fd \(fd)")
+        }
+    }
 
     /// Writes all of `bytes`, across partial writes and `EAGAIN`, then completes with `(nil, bytes.count)`.
     ///

@@ -376,8 +376,10 @@ struct ControlSocketServerTests {
         let server = try ControlSocketServer(
             service: io, commandManager: CommandManager(), config: ControlSocketConfig(socketName: dir.file("t.sock")))
         let client = try RawClient(dir.file("t.sock"))
-        client.send(#"{"command": "list-commands"}"#)
+        // Half a command first: the connection waits for the rest, with its timeout queued on the sweep timer.
+        client.send(#"{"command": "#)
         while server.connectionCount == 0 { try io.runOne() }
+        client.send(#""list-commands"}"#)
         while server.connectionCount > 0 { try io.runOne() }
         server.close()
         let start = ContinuousClock.now

@@ -223,6 +223,43 @@ struct StreamSocketTests {
         #expect(count == 3)
     }
 
+    /// `readSome`/`writeSome` (Asio's non-blocking `read_some`/`write_some`): what is there now, nil for "would
+    /// block", `.eof` once the peer closed, `EPIPE` for a write to a closed peer, and no handler or work involved.
+    @Test func readSomeAndWriteSomeDoNotWait() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let buf = RawBuffer(64)
+        #expect(try b.readSome(into: buf.buffer) == nil)
+        #expect(try a.writeSome(UnsafeRawBufferPointer(start: nil, count: 0)) == 0)
+        let msg: [UInt8] = [7, 8, 9, 10]
+        #expect(try msg.withUnsafeBytes { try a.writeSome($0) } == 4)
+        #expect(try b.readSome(into: UnsafeMutableRawBufferPointer(rebasing: buf.buffer[0..<3])) == 3)
+        #expect(buf.prefix(3) == [7, 8, 9])
+        #expect(try b.readSome(into: buf.buffer) == 1)
+        #expect(buf.prefix(1) == [10])
+        #expect(try b.readSome(into: buf.buffer) == nil)
+        #expect(io.outstandingWork == 0)
+
+        // A full send buffer: writeSome takes what fits, then nil; the reader gets every byte in order.
+        let chunk = [UInt8](repeating: 0x5A, count: 65536)
+        var sent = 0
+        while let n = try chunk.withUnsafeBytes({ try a.writeSome($0) }) { sent += n }
+        #expect(sent > 0)
+        var received = 0
+        while let n = try b.readSome(into: buf.buffer) { received += n }
+        #expect(received == sent)
+
+        // The peer closes: the reader sees end of stream, the writer EPIPE (never SIGPIPE).
+        a.close()
+        #expect(throws: IOError.eof) { try b.readSome(into: buf.buffer) }
+        let (c, d) = try UnixStreamSocket.pair(io)
+        d.close()
+        #expect { try msg.withUnsafeBytes { try c.writeSome($0) } } throws: { ($0 as? IOError)?.errnoValue == EPIPE }
+        c.close()
+        #expect(throws: IOError.self) { try c.readSome(into: buf.buffer) }
+        #expect(try io.poll() == 0)
+    }
+
     @Test func halfClose() throws {
         let io = try IOService()
         let dir = TempDir()
