@@ -153,9 +153,9 @@ struct JSONTests {
         #expect(parseError("\"a\nb\"")?.reason.contains("control character") == true)
     }
 
-    /// Every byte value at every position of strings 1...35 bytes long (small strings checked byte by byte; from
-    /// 16 bytes, every offset in and across the serializer's 8-byte words and its overlapping last word), against
-    /// a byte-at-a-time reference escaper.
+    /// Every byte value at every position of strings 1...35 bytes long (under 16 bytes: the first word and the
+    /// gathered 4/2/1-byte tail; from 16: every offset in and across the 8-byte words and the overlapping last
+    /// word), against a byte-at-a-time reference escaper.
     @Test func stringEscapingMatchesReferenceAtEveryWordOffset() throws {
         func reference(_ bytes: [UInt8]) -> [UInt8] {
             var out: [UInt8] = [0x22]
