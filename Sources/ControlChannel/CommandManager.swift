@@ -285,7 +285,7 @@ public final class CommandManager: @unchecked Sendable {
             return .failure(CommandValidationError("invalid command: does not contain mandatory 'command'"))
         }
         var unsupported: String?
-        for key in map.keys where !isAllowedTopLevelKey(key) {
+        for (key, _) in map where !isAllowedTopLevelKey(key) {
             if let u = unsupported, !key.utf8.lexicographicallyPrecedes(u.utf8) { continue }
             unsupported = key
         }

@@ -200,10 +200,10 @@ private struct ParserCore {
         }
     }
 
+    /// An open container: where its members start on the `entries` stack (maps) or `values` stack (lists).
     struct Frame {
         var isObject: Bool
-        var valueStart: Int
-        var keyStart: Int
+        var start: Int
     }
 
     /// Moves the contents out of `array`, leaving it empty.
@@ -217,8 +217,9 @@ private struct ParserCore {
     mutating func parseDocument() throws(JSONParseError) -> JSONValue {
         skipWhitespace()
         if i >= end { throw error("empty input, expected a JSON value", at: i) }
+        // List elements, and map members (a member's value is filled in when it completes).
         var values: [JSONValue] = []
-        var keys: [String] = []
+        var entries: [JSONObject.Entry] = []
         var frames: [Frame] = []
 
         while true {
@@ -234,8 +235,8 @@ private struct ParserCore {
                     i += 1
                     value = .object(JSONObject())
                 } else {
-                    frames.append(Frame(isObject: true, valueStart: values.count, keyStart: keys.count))
-                    keys.append(try parseKey())
+                    frames.append(Frame(isObject: true, start: entries.count))
+                    entries.append(JSONObject.Entry(key: try parseKey(), value: .null))
                     continue
                 }
             case ASCII.openBracket:
@@ -246,7 +247,7 @@ private struct ParserCore {
                     i += 1
                     value = .array([])
                 } else {
-                    frames.append(Frame(isObject: false, valueStart: values.count, keyStart: keys.count))
+                    frames.append(Frame(isObject: false, start: values.count))
                     continue
                 }
             case ASCII.quote:
@@ -273,7 +274,11 @@ private struct ParserCore {
                     if i < end { throw error("unexpected data after the JSON value: \(describeByte(base[i]))", at: i) }
                     return value
                 }
-                values.append(value)
+                if frame.isObject {
+                    entries[entries.count - 1].value = value
+                } else {
+                    values.append(value)
+                }
                 skipWhitespace()
                 guard i < end else {
                     throw unexpected(frame.isObject ? "',' or '}' in map" : "',' or ']' in list")
@@ -282,32 +287,30 @@ private struct ParserCore {
                 if c == ASCII.comma {
                     i += 1
                     skipWhitespace()
-                    if frame.isObject { keys.append(try parseKey()) }
+                    if frame.isObject { entries.append(JSONObject.Entry(key: try parseKey(), value: .null)) }
                     break
                 }
                 if frame.isObject && c == ASCII.closeBrace {
                     i += 1
                     frames.removeLast()
-                    if frame.keyStart == 0 && frame.valueStart == 0 {
-                        // The stacks hold only this map: hand them over whole. Slicing and then truncating would
-                        // share the buffers and make the truncation copy-on-write (two allocations per command).
-                        value = .object(JSONObject(parsedKeys: take(&keys)[...], values: take(&values)[...]))
+                    if frame.start == 0 {
+                        // The stack holds only this map: hand it over whole. Slicing and then truncating would
+                        // share the buffer and make the truncation copy-on-write (an allocation per command).
+                        value = .object(JSONObject(parsedEntries: take(&entries)[...]))
                     } else {
-                        value = .object(
-                            JSONObject(parsedKeys: keys[frame.keyStart...], values: values[frame.valueStart...]))
-                        keys.removeSubrange(frame.keyStart...)
-                        values.removeSubrange(frame.valueStart...)
+                        value = .object(JSONObject(parsedEntries: entries[frame.start...]))
+                        entries.removeSubrange(frame.start...)
                     }
                     continue
                 }
                 if !frame.isObject && c == ASCII.closeBracket {
                     i += 1
                     frames.removeLast()
-                    if frame.valueStart == 0 {
+                    if frame.start == 0 {
                         value = .array(take(&values))
                     } else {
-                        value = .array(Array(values[frame.valueStart...]))
-                        values.removeSubrange(frame.valueStart...)
+                        value = .array(Array(values[frame.start...]))
+                        values.removeSubrange(frame.start...)
                     }
                     continue
                 }
@@ -608,17 +611,19 @@ extension String {
 }
 
 extension JSONObject {
-    /// Builds a map from parsed keys/values; a repeated key keeps its first position and its last value.
-    init(parsedKeys keys: ArraySlice<String>, values: ArraySlice<JSONValue>) {
-        let n = keys.count
+    /// Builds a map from parsed members; a repeated key keeps its first position and its last value.
+    init(parsedEntries entries: ArraySlice<Entry>) {
+        let n = entries.count
         if n <= JSONObject.indexThreshold {
             // Pairwise check; comparing lengths first skips most string comparisons.
             var unique = true
-            var a = keys.startIndex
-            outer: while a < keys.endIndex {
+            var a = entries.startIndex
+            outer: while a < entries.endIndex {
                 var b = a + 1
-                while b < keys.endIndex {
-                    if keys[a].utf8.count == keys[b].utf8.count && keys[a] == keys[b] {
+                while b < entries.endIndex {
+                    let ka = entries[a].key
+                    let kb = entries[b].key
+                    if ka.utf8.count == kb.utf8.count && ka == kb {
                         unique = false
                         break outer
                     }
@@ -627,15 +632,11 @@ extension JSONObject {
                 a += 1
             }
             if unique {
-                self.init(uniqueKeys: Array(keys), values: Array(values))
+                self.init(uniqueEntries: Array(entries))
                 return
             }
         }
         self.init(minimumCapacity: n)
-        var vi = values.startIndex
-        for k in keys {
-            updateValue(values[vi], forKey: k)
-            vi += 1
-        }
+        for e in entries { updateValue(e.value, forKey: e.key) }
     }
 }

@@ -204,16 +204,14 @@ struct JSONWriter: ~Copyable {
                 return
             }
             out.append(0x7B)
-            o._keys.withUnsafeBufferPointer { keys in
-                o._values.withUnsafeBufferPointer { values in
-                    for k in 0..<keys.count {
-                        if k > 0 { out.append(0x2C) }
-                        if pretty { newline(level + 1) }
-                        writeString(keys[k])
-                        out.append(0x3A)
-                        if pretty { out.append(0x20) }
-                        write(values[k], level: level + 1)
-                    }
+            o._entries.withUnsafeBufferPointer { entries in
+                for k in 0..<entries.count {
+                    if k > 0 { out.append(0x2C) }
+                    if pretty { newline(level + 1) }
+                    writeString(entries[k].key)
+                    out.append(0x3A)
+                    if pretty { out.append(0x20) }
+                    write(entries[k].value, level: level + 1)
                 }
             }
             if pretty { newline(level) }

@@ -198,8 +198,17 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
     /// Positions are 0-based offsets in insertion order.
     public typealias Index = Int
 
-    @usableFromInline var _keys: [String]
-    @usableFromInline var _values: [JSONValue]
+    /// One member: keys and values live side by side in one array (one allocation per map, not two).
+    @usableFromInline struct Entry: Sendable {
+        @usableFromInline var key: String
+        @usableFromInline var value: JSONValue
+        @usableFromInline init(key: String, value: JSONValue) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    @usableFromInline var _entries: [Entry]
     /// key → position; built only once the map has more than `indexThreshold` keys.
     @usableFromInline var _index: [String: Int]?
 
@@ -207,16 +216,14 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
 
     /// An empty map.
     public init() {
-        _keys = []
-        _values = []
+        _entries = []
         _index = nil
     }
 
     /// An empty map with room for `minimumCapacity` keys.
     public init(minimumCapacity: Int) {
         self.init()
-        _keys.reserveCapacity(minimumCapacity)
-        _values.reserveCapacity(minimumCapacity)
+        _entries.reserveCapacity(minimumCapacity)
     }
 
     /// A map from a literal; a repeated key keeps its first position and its last value.
@@ -231,37 +238,39 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
         for (k, v) in pairs { self[k] = v }
     }
 
-    /// Builds from parallel arrays known to hold unique keys (parser fast path).
-    init(uniqueKeys keys: [String], values: [JSONValue]) {
-        _keys = keys
-        _values = values
+    /// Builds from entries known to hold unique keys (parser fast path).
+    init(uniqueEntries entries: [Entry]) {
+        _entries = entries
         _index = nil
-        if keys.count > Self.indexThreshold { buildIndex() }
+        if entries.count > Self.indexThreshold { buildIndex() }
     }
 
     public var startIndex: Int { 0 }
-    public var endIndex: Int { _keys.count }
-    public var count: Int { _keys.count }
-    public var isEmpty: Bool { _keys.isEmpty }
+    public var endIndex: Int { _entries.count }
+    public var count: Int { _entries.count }
+    public var isEmpty: Bool { _entries.isEmpty }
 
-    public subscript(position: Int) -> Element { (_keys[position], _values[position]) }
+    public subscript(position: Int) -> Element {
+        let e = _entries[position]
+        return (e.key, e.value)
+    }
 
-    /// The keys in insertion order.
-    public var keys: [String] { _keys }
-    /// The values in insertion order.
-    public var values: [JSONValue] { _values }
+    /// The keys in insertion order (a new array; iterate the map itself to avoid it).
+    public var keys: [String] { _entries.map(\.key) }
+    /// The values in insertion order (a new array; iterate the map itself to avoid it).
+    public var values: [JSONValue] { _entries.map(\.value) }
 
     /// The position of `key`, or nil.
     public func index(forKey key: String) -> Int? {
         if let index = _index { return index[key] }
-        return _keys.firstIndex(of: key)
+        return _entries.firstIndex { $0.key == key }
     }
 
     /// The value for `key`, or nil. Setting a value replaces it in place or appends the key; setting nil removes it.
     public subscript(key: String) -> JSONValue? {
         get {
             guard let i = index(forKey: key) else { return nil }
-            return _values[i]
+            return _entries[i].value
         }
         set {
             if let newValue {
@@ -276,15 +285,14 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
     @discardableResult
     public mutating func updateValue(_ value: JSONValue, forKey key: String) -> JSONValue? {
         if let i = index(forKey: key) {
-            let old = _values[i]
-            _values[i] = value
+            let old = _entries[i].value
+            _entries[i].value = value
             return old
         }
-        _keys.append(key)
-        _values.append(value)
+        _entries.append(Entry(key: key, value: value))
         if _index != nil {
-            _index![key] = _keys.count - 1
-        } else if _keys.count > Self.indexThreshold {
+            _index![key] = _entries.count - 1
+        } else if _entries.count > Self.indexThreshold {
             buildIndex()
         }
         return nil
@@ -294,26 +302,25 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
     @discardableResult
     public mutating func removeValue(forKey key: String) -> JSONValue? {
         guard let i = index(forKey: key) else { return nil }
-        _keys.remove(at: i)
-        let old = _values.remove(at: i)
+        let old = _entries.remove(at: i).value
         if _index != nil {
-            if _keys.count > Self.indexThreshold { buildIndex() } else { _index = nil }
+            if _entries.count > Self.indexThreshold { buildIndex() } else { _index = nil }
         }
         return old
     }
 
     @usableFromInline mutating func buildIndex() {
-        var index = [String: Int](minimumCapacity: _keys.count)
-        for (i, k) in _keys.enumerated() { index[k] = i }
+        var index = [String: Int](minimumCapacity: _entries.count)
+        for (i, e) in _entries.enumerated() { index[e.key] = i }
         _index = index
     }
 
     /// Order-insensitive: same keys, equal values.
     public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
         guard lhs.count == rhs.count else { return false }
-        if lhs._keys == rhs._keys { return lhs._values == rhs._values }
-        for i in 0..<lhs.count {
-            guard let v = rhs[lhs._keys[i]], v == lhs._values[i] else { return false }
+        if lhs._entries.elementsEqual(rhs._entries, by: { $0.key == $1.key && $0.value == $1.value }) { return true }
+        for e in lhs._entries {
+            guard let v = rhs[e.key], v == e.value else { return false }
         }
         return true
     }
@@ -321,10 +328,10 @@ public struct JSONObject: Sendable, Hashable, RandomAccessCollection, Expressibl
     /// Order-insensitive hash (a commutative sum of per-entry hashes).
     public func hash(into hasher: inout Hasher) {
         var sum = 0
-        for i in 0..<count {
+        for e in _entries {
             var h = Hasher()
-            h.combine(_keys[i])
-            h.combine(_values[i])
+            h.combine(e.key)
+            h.combine(e.value)
             sum &+= h.finalize()
         }
         hasher.combine(count)
