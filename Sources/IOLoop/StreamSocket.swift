@@ -224,34 +224,44 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
 
     /// Performs the read syscall(s) for the pending read; completes it or leaves the watcher armed.
     private func attemptRead() {
-        let fd = nativeHandle
         while true {
-            let want = readLength - readDone
-            let n = Glibc.read(fd, readBase! + readDone, want)
-            if n > 0 {
-                readDone += n
-                readLikelyReady = n == want
-                if !readExactly || readDone == readLength {
-                    finishRead(nil)
-                    return
-                }
-                if !readLikelyReady { break }
-                continue
-            }
-            if n == 0 {
-                finishRead(IOError(.eof, "read on fd \(fd)"))
+            let read: Int?
+            do {
+                read = try readNow(readBase! + readDone, readLength - readDone)
+            } catch {
+                finishRead(error)
                 return
             }
+            guard let n = read else { break }
+            readDone += n
+            if !readExactly || readDone == readLength {
+                finishRead(nil)
+                return
+            }
+            if !readLikelyReady { break }
+        }
+        service.start(readWatcher)
+    }
+
+    /// One `read` of up to `count` bytes (`EINTR` retried): the count (> 0), or nil for `EAGAIN`; throws `.eof` at
+    /// end of stream or the errno. Notes whether more is probably waiting (the read filled `count`).
+    private func readNow(_ p: UnsafeMutableRawPointer, _ count: Int) throws(IOError) -> Int? {
+        let fd = nativeHandle
+        while true {
+            let n = Glibc.read(fd, p, count)
+            if n > 0 {
+                readLikelyReady = n == count
+                return n
+            }
+            if n == 0 { throw IOError(.eof, "read on fd \(fd)") }
             let e = errno
             if e == EINTR { continue }
             if e == EAGAIN || e == EWOULDBLOCK {
                 readLikelyReady = false
-                break
+                return nil
             }
-            finishRead(IOError(errno: e, "read on fd \(fd)"))
-            return
+            throw IOError(errno: e, "read on fd \(fd)")
         }
-        service.start(readWatcher)
     }
 
     private func finishRead(_ error: IOError?) {
@@ -284,24 +294,9 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     /// `would_block` as an error where this returns nil).
     public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws(IOError) -> Int? {
         precondition(readState == .idle, "readSome while a read is pending on this socket")
-        let fd = nativeHandle
-        if fd < 0 { throw IOError(errno: EBADF, "read on a closed socket") }
+        if nativeHandle < 0 { throw IOError(errno: EBADF, "read on a closed socket") }
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        while true {
-            let n = Glibc.read(fd, base, buffer.count)
-            if n > 0 {
-                readLikelyReady = n == buffer.count
-                return n
-            }
-            if n == 0 { throw IOError(.eof, "read on fd \(fd)") }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK {
-                readLikelyReady = false
-                return nil
-            }
-            throw IOError(errno: e, "read on fd \(fd)")
-        }
+        return try readNow(base, buffer.count)
     }
 
     // MARK: - Writing
@@ -319,16 +314,23 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     /// Thread contract: the loop thread. Asio: `write_some` on a socket in non-blocking mode.
     public func writeSome(_ bytes: UnsafeRawBufferPointer) throws(IOError) -> Int? {
         precondition(writeState == .idle, "writeSome while a write or connect is pending on this socket")
-        let fd = nativeHandle
-        if fd < 0 { throw IOError(errno: EBADF, "write on a closed socket") }
+        if nativeHandle < 0 { throw IOError(errno: EBADF, "write on a closed socket") }
         guard let base = bytes.baseAddress, bytes.count > 0 else { return 0 }
+        return try sendNow(base, bytes.count, "write on fd \(nativeHandle)")
+    }
+
+    /// One `send(MSG_NOSIGNAL)` of up to `count` bytes (`EINTR` retried): the count written, or nil for `EAGAIN`;
+    /// throws the errno with `context`.
+    private func sendNow(
+        _ p: UnsafeRawPointer, _ count: Int, _ context: @autoclosure () -> String
+    ) throws(IOError) -> Int? {
         while true {
-            let n = send(fd, base, bytes.count, Int32(MSG_NOSIGNAL))
+            let n = send(nativeHandle, p, count, Int32(MSG_NOSIGNAL))
             if n >= 0 { return n }
             let e = errno
             if e == EINTR { continue }
             if e == EAGAIN || e == EWOULDBLOCK { return nil }
-            throw IOError(errno: e, "write on fd \(fd)")
+            throw IOError(errno: e, context())
         }
     }
 
@@ -374,21 +376,21 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     }
 
     private func attemptWrite() {
-        let fd = nativeHandle
         while writeDone < writeLength {
-            let n = send(fd, writeBase! + writeDone, writeLength - writeDone, Int32(MSG_NOSIGNAL))
-            if n >= 0 {
-                writeDone += n
-                continue
+            let sent: Int?
+            do {
+                sent = try sendNow(
+                    writeBase! + writeDone, writeLength - writeDone,
+                    "write on fd \(nativeHandle) after \(writeDone) of \(writeLength) bytes")
+            } catch {
+                finishWrite(error)
+                return
             }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK {
+            guard let n = sent else {
                 service.start(writeWatcher)
                 return
             }
-            finishWrite(IOError(errno: e, "write on fd \(fd) after \(writeDone) of \(writeLength) bytes"))
-            return
+            writeDone += n
         }
         finishWrite(nil)
     }
