@@ -346,7 +346,7 @@ struct AsyncSocketTests {
 
 // MARK: - Descriptor exhaustion (runs in a child process with a lowered RLIMIT_NOFILE)
 
-/// The child's scenario; returns its exit status (0 = every check passed) and says why on stdout otherwise.
+/// The child's scenario: prints "EMFILE scenario: ok, …" or why not; returns 0 when every check passed.
 func emfileBackoffScenario() -> Int32 {
     func fail(_ why: String) -> Int32 {
         print("EMFILE scenario: \(why)")
@@ -401,7 +401,11 @@ func emfileBackoffScenario() -> Int32 {
         getrusage(1 /* RUSAGE_THREAD */, &after)
         func micros(_ t: timeval) -> Int { t.tv_sec * 1_000_000 + t.tv_usec }
         let cpu = micros(after.ru_utime) - micros(before.ru_utime) + micros(after.ru_stime) - micros(before.ru_stime)
-        guard ran == 0, accepted.isEmpty else { return fail("accept completed while out of descriptors") }
+        // An accept can only complete if a descriptor was free: another thread of this process (the test
+        // library's) may close one. That says nothing about the acceptor, so it is allowed; losing the listener is not.
+        guard ran == accepted.count, accepted.count < clients else {
+            return fail("\(ran) handlers ran, \(accepted.count) accepted while out of descriptors")
+        }
         guard acceptor.acceptPending, acceptor.isOpen else { return fail("listener lost during back-off") }
         guard logs >= 1 else { return fail("no back-off was reported") }
         // At most one report per back-off period (wall / 50 ms, plus the first and one of slack: a loaded
@@ -426,8 +430,11 @@ func emfileBackoffScenario() -> Int32 {
 @Suite("Accept under descriptor exhaustion")
 struct EMFILETests {
     @Test func acceptBacksOffAndRecovers() async {
+        // The child exits 0 once it has printed its verdict, pass or fail: `#expect(processExitsWith:)` returns no
+        // output when the status does not match, and CI once showed only "exit code 1" for a failed scenario.
         let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
-            exit(emfileBackoffScenario())
+            _ = emfileBackoffScenario()
+            exit(EXIT_SUCCESS)
         }
         let output = String(decoding: result?.standardOutputContent ?? [], as: UTF8.self)
         #expect(output.contains("EMFILE scenario: ok"), "\(output)")
