@@ -253,15 +253,17 @@ struct InteropTests {
         chmod(h.dir.path, 0o755)  // nobody may reach the socket file, whose mode 0600 then refuses it
         // A copy nobody can execute wherever the build folder is (its libraries come from an absolute RUNPATH).
         let copy = h.dir.file("ioloop-ctl")
-        try FileManager.default.copyItem(atPath: ioloopCtl!, toPath: copy)
-        chmod(copy, 0o755)
-        // A child forked meanwhile by a parallel test may still hold the copy's write descriptor: exec then fails
-        // with ETXTBSY ("Text file busy") until that child execs or exits. Retry that case only.
+        // Written through a close-on-exec descriptor: FileManager's copy leaves its write descriptor inheritable,
+        // and a child a parallel test spawns meanwhile (a server living for seconds) kept it open, so exec failed
+        // with ETXTBSY ("Text file busy") for longer than any retry. Between another child's fork and its exec the
+        // descriptor is still shared; that short window alone is retried, up to a deadline.
+        try copyFileCloseOnExec(from: ioloopCtl!, to: copy, mode: 0o755)
         var r = try runProgram(
             setpriv!, ["--reuid=65534", "--regid=65534", "--clear-groups", copy, "--socket", h.path, "list-commands"],
             in: h.dir)
-        for _ in 0..<20 where r.status == 126 && r.stderr.contains("Text file busy") {
-            usleep(50_000)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while r.status == 126 && r.stderr.contains("Text file busy") && ContinuousClock.now < deadline {
+            usleep(20_000)
             r = try runProgram(
                 setpriv!,
                 ["--reuid=65534", "--regid=65534", "--clear-groups", copy, "--socket", h.path, "list-commands"],
@@ -352,4 +354,23 @@ struct InteropTests {
         #expect(
             try unsupported.map { try JSONParser.parse($0.body)[0]?["result"] } == 2)
     }
+}
+
+/// Copies `source` to a new file `destination` with `mode`, writing through an `O_CLOEXEC` descriptor (see
+/// `ioloopCtlPermissionDenied`).
+func copyFileCloseOnExec(from source: String, to destination: String, mode: mode_t) throws {
+    let bytes = try Data(contentsOf: URL(fileURLWithPath: source))
+    let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+    guard fd >= 0 else { throw TestError(description: "open \(destination): errno \(errno)") }
+    defer { close(fd) }
+    try bytes.withUnsafeBytes { raw in
+        var done = 0
+        while done < raw.count {
+            let n = write(fd, raw.baseAddress! + done, raw.count - done)
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw TestError(description: "write \(destination): errno \(errno)") }
+            done += n
+        }
+    }
+    fchmod(fd, mode)  // open's mode is filtered by the umask
 }
