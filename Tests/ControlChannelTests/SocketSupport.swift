@@ -266,9 +266,13 @@ final class RawClient: @unchecked Sendable {
 
     /// Reads until EOF and returns the text; records an issue on a read error.
     func answer(sourceLocation: SourceLocation = #_sourceLocation) -> String {
+        let start = ContinuousClock.now
         let (bytes, error) = readToEOF()
         if let error {
-            Issue.record("read failed with errno \(error) after \(bytes.count) bytes", sourceLocation: sourceLocation)
+            // The wait tells a receive timeout (EAGAIN after the 10 s SO_RCVTIMEO) from a reset or a bad descriptor.
+            Issue.record(
+                "read on fd \(fd) failed with errno \(error) after \(bytes.count) bytes and \(ContinuousClock.now - start)",
+                sourceLocation: sourceLocation)
         }
         return String(decoding: bytes, as: UTF8.self)
     }
