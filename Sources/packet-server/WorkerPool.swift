@@ -63,6 +63,22 @@ final class WorkerPool: @unchecked Sendable {
         return true
     }
 
+    /// Removes the queued datagrams `isGone` selects and returns how many; the caller counts them as drops.
+    ///
+    /// For a listener about to close: a queued job names its socket by descriptor, and once the descriptor is
+    /// closed its number can be reused by any socket opened next (a new listener, a control connection), which
+    /// would then carry a reply meant for the old one. Call it inside the critical section (`pause()`), so no
+    /// worker holds such a job either.
+    func discardQueued(where isGone: (PacketJob) -> Bool) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        let before = queue.count - head
+        queue.removeSubrange(0..<head)
+        head = 0
+        queue.removeAll(where: isGone)
+        return before - queue.count
+    }
+
     /// Averages of the queue length seen by the last 10, 100 and 1000 submissions.
     func queueStatistics() -> [Double] {
         condition.lock()
