@@ -166,8 +166,13 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Calls `body` with the address as a `sockaddr` pointer and its length, for system calls IOLoop does not
+    /// wrap (e.g. `sendto` from a worker thread on a descriptor).
+    ///
+    /// The pointer is valid only inside `body`. Thread contract: a plain value; any thread. Asio: `endpoint.data()`
+    /// and `endpoint.size()`.
     @inline(__always)
-    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    public func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         withUnsafeBytes(of: storage) { raw in
             body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
         }

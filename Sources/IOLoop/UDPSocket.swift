@@ -5,8 +5,8 @@ import Glibc
 ///
 /// Asynchronous receive and send complete through the queue like every IOLoop operation (never inline; at
 /// most one pending receive and one pending send; `cancel()`/`close()` abort them with `operationAborted`
-/// exactly once). A host loop that reads packets itself can use the non-blocking ``tryReceive(into:)`` and
-/// ``trySend(_:to:)`` on ``nativeHandle`` instead. Sends use `MSG_NOSIGNAL`; `EINTR` is retried.
+/// exactly once). A host loop that polls ``nativeHandle`` itself can use the non-blocking
+/// ``receiveFrom(into:)`` and `sendTo(_:to:)` instead. Sends use `MSG_NOSIGNAL`; `EINTR` is retried.
 /// Thread contract: the thread running `service`. Asio counterpart: `ip::udp::socket`.
 public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     /// The service whose run/poll calls complete this socket's operations.
@@ -90,67 +90,82 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
 
     // MARK: - Non-blocking calls for host loops
 
-    /// Receives one datagram if one is waiting: `(bytes, peer)`, or nil when none is (`EAGAIN`).
+    /// Receives one datagram if one is waiting, without waiting: `(count, peer)`, or nil when none is.
     ///
-    /// A datagram longer than `buffer` is truncated to it (the rest is discarded, as with `recvfrom`).
-    /// Never blocks. - Throws: `IOError` from `recvfrom` (e.g. `ECONNREFUSED` from an earlier send's ICMP).
-    /// Asio: `receive_from` on a non-blocking socket.
-    public func tryReceive(into buffer: UnsafeMutableRawBufferPointer) throws -> (count: Int, peer: SocketAddress)? {
+    /// A datagram longer than `buffer` is truncated to it (the rest is discarded, as with `recvfrom`); an empty one
+    /// gives a count of 0. Would-block costs no error value (a host loop ends every pass with it).
+    ///
+    /// - Throws: `IOError` from `recvfrom` (`ECONNREFUSED` from an earlier send's ICMP, `EBADF` on a closed
+    ///   socket, ...). `EINTR` is retried.
+    /// Precondition: no `asyncReceiveFrom` pending (it would race with the pending one for the datagram).
+    /// Thread contract: the loop thread. Asio: `receive_from` on a socket in non-blocking mode (which reports
+    /// `would_block` as an error where this returns nil).
+    public func receiveFrom(
+        into buffer: UnsafeMutableRawBufferPointer
+    ) throws(IOError) -> (count: Int, peer: SocketAddress)? {
+        precondition(receiveState == .idle, "receiveFrom while a receive is pending on this UDP socket")
+        if nativeHandle < 0 { throw IOError(errno: EBADF, "receive on a closed UDP socket") }
         var peer = SocketAddress(storage: sockaddr_storage(), length: 0)
-        switch receiveNow(buffer, &peer) {
-        case .success(let n): return (n, peer)
-        case .failure(let e):
-            if e.errnoValue == EAGAIN { return nil }
-            throw e
-        }
+        guard let n = try receiveNow(buffer, &peer) else { return nil }
+        return (n, peer)
     }
 
-    /// Sends one datagram if the socket can take it now: true if sent, false on `EAGAIN` (nothing sent).
+    /// Sends one datagram to `peer` if the socket takes it now: the count sent (all of `bytes`), or nil when the
+    /// send buffer is full (nothing sent).
     ///
-    /// Never blocks. - Throws: `IOError` from `sendto` (`EMSGSIZE`, `ENETUNREACH`, ...).
-    public func trySend(_ bytes: UnsafeRawBufferPointer, to peer: SocketAddress) throws -> Bool {
-        switch sendNow(bytes.baseAddress, bytes.count, peer) {
-        case .success: return true
-        case .failure(let e):
-            if e.errnoValue == EAGAIN { return false }
-            throw e
+    /// - Throws: `IOError` from `sendto` (`EMSGSIZE`, `ENETUNREACH`, `EBADF` on a closed socket, ...). `EINTR` is
+    ///   retried; `MSG_NOSIGNAL` is set.
+    /// Precondition: no `asyncSendTo` pending. Thread contract: the loop thread. Asio: `send_to` on a socket in
+    /// non-blocking mode.
+    public func sendTo(_ bytes: UnsafeRawBufferPointer, to peer: SocketAddress) throws(IOError) -> Int? {
+        precondition(sendState == .idle, "sendTo while a send is pending on this UDP socket")
+        if nativeHandle < 0 { throw IOError(errno: EBADF, "send on a closed UDP socket") }
+        return try sendNow(bytes.baseAddress, bytes.count, peer)
+    }
+
+    /// `sendTo` for an array.
+    public func sendTo(_ bytes: [UInt8], to peer: SocketAddress) throws(IOError) -> Int? {
+        let sent = bytes.withUnsafeBytes { raw in
+            Result { () throws(IOError) -> Int? in try sendTo(raw, to: peer) }
         }
+        return try sent.get()
     }
 
-    /// `trySend` for an array.
-    public func trySend(_ bytes: [UInt8], to peer: SocketAddress) throws -> Bool {
-        try bytes.withUnsafeBytes { try trySend($0, to: peer) }
-    }
-
+    /// One `recvfrom` (`EINTR` retried): the datagram's length with `peer` filled in, or nil for `EAGAIN`.
     private func receiveNow(
         _ buffer: UnsafeMutableRawBufferPointer, _ peer: inout SocketAddress
-    ) -> Result<
-        Int, IOError
-    > {
+    ) throws(IOError)
+        -> Int?
+    {
+        let fd = nativeHandle
         while true {
             var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let n = withUnsafeMutablePointer(to: &peer.storage) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(nativeHandle, buffer.baseAddress, buffer.count, 0, $0, &len)
+                    recvfrom(fd, buffer.baseAddress, buffer.count, 0, $0, &len)
                 }
             }
             if n >= 0 {
                 peer.length = len
-                return .success(n)
+                return n
             }
             let e = errno
             if e == EINTR { continue }
-            return .failure(IOError(errno: e == EWOULDBLOCK ? EAGAIN : e, "recvfrom on UDP fd \(nativeHandle)"))
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw IOError(errno: e, "recvfrom on UDP fd \(fd)")
         }
     }
 
-    private func sendNow(_ base: UnsafeRawPointer?, _ count: Int, _ peer: SocketAddress) -> Result<Int, IOError> {
+    /// One `sendto(MSG_NOSIGNAL)` (`EINTR` retried): the count sent, or nil for `EAGAIN`.
+    private func sendNow(_ base: UnsafeRawPointer?, _ count: Int, _ peer: SocketAddress) throws(IOError) -> Int? {
+        let fd = nativeHandle
         while true {
-            let n = peer.withSockAddr { sendto(nativeHandle, base, count, Int32(MSG_NOSIGNAL), $0, $1) }
-            if n >= 0 { return .success(n) }
+            let n = peer.withSockAddr { sendto(fd, base, count, Int32(MSG_NOSIGNAL), $0, $1) }
+            if n >= 0 { return n }
             let e = errno
             if e == EINTR { continue }
-            return .failure(IOError(errno: e == EWOULDBLOCK ? EAGAIN : e, "sendto \(peer) on UDP fd \(nativeHandle)"))
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw IOError(errno: e, "sendto \(peer) on UDP fd \(fd)")
         }
     }
 
@@ -184,16 +199,15 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     }
 
     private func attemptReceive() {
-        switch receiveNow(receiveBuffer, &receivePeer) {
-        case .success(let n):
+        do throws(IOError) {
+            guard let n = try receiveNow(receiveBuffer, &receivePeer) else {
+                service.start(readWatcher)
+                return
+            }
             receiveCount = n
             finishReceive(nil)
-        case .failure(let e):
-            if e.errnoValue == EAGAIN {
-                service.start(readWatcher)
-            } else {
-                finishReceive(e)
-            }
+        } catch {
+            finishReceive(error)
         }
     }
 
@@ -244,16 +258,15 @@ public final class UDPSocket: SocketCompletionTarget, ShutdownParticipant {
     }
 
     private func attemptSend() {
-        switch sendNow(sendBase, sendLength, sendPeer) {
-        case .success(let n):
+        do throws(IOError) {
+            guard let n = try sendNow(sendBase, sendLength, sendPeer) else {
+                service.start(writeWatcher)
+                return
+            }
             sendCount = n
             finishSend(nil)
-        case .failure(let e):
-            if e.errnoValue == EAGAIN {
-                service.start(writeWatcher)
-            } else {
-                finishSend(e)
-            }
+        } catch {
+            finishSend(error)
         }
     }
 

@@ -75,7 +75,7 @@ final class PacketServer {
             }
             if ready > 0 {
                 for i in 0..<listeners.count where pollSet[i].revents & Int16(POLLIN | POLLERR) != 0 {
-                    receivePackets(from: listeners[i].socket.nativeHandle)
+                    receivePackets(from: listeners[i].socket)
                 }
             }
             do {
@@ -112,29 +112,24 @@ final class PacketServer {
     }
 
     /// One packet pass on a socket: up to 64 datagrams, so control work is never starved.
-    private func receivePackets(from fd: Int32) {
+    private func receivePackets(from socket: UDPSocket) {
         for _ in 0..<64 {
-            var peer = sockaddr_storage()
-            var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let n = withUnsafeMutablePointer(to: &peer) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    recvfrom(fd, receiveBuffer.baseAddress, receiveBuffer.count, Int32(MSG_DONTWAIT), $0, &peerLength)
-                }
+            let received: (count: Int, peer: SocketAddress)?
+            do throws(IOError) {
+                received = try socket.receiveFrom(into: receiveBuffer)
+            } catch {
+                // An ICMP error from an earlier reply surfaces here; the next datagram is unaffected.
+                logger.debug("receive on udp port \(socket.port): \(error)")
+                return
             }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return  // EAGAIN: pass done (or an ICMP error surfaced on the socket)
-            }
+            guard let (n, peer) = received else { return }  // none waiting: pass done
             counters.received.increment()
+            let request = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
             if let pool {
-                let job = PacketJob(
-                    fd: fd, bytes: Array(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])), peer: peer,
-                    peerLength: peerLength)
+                let job = PacketJob(fd: socket.nativeHandle, bytes: Array(request), peer: peer)
                 if !pool.submit(job) { counters.dropped.increment() }
             } else {
-                counters.handle(
-                    UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n]), reply: replyBuffer, fd: fd, peer: &peer,
-                    peerLength: peerLength)
+                counters.handle(request, reply: replyBuffer, fd: socket.nativeHandle, peer: peer)
             }
         }
     }
@@ -402,10 +397,12 @@ final class PacketCounters: Sendable {
     }
 
     /// Handles one datagram and sends the reply; counts everything. Any thread.
-    func handle(
-        _ request: UnsafeRawBufferPointer, reply: UnsafeMutableRawBufferPointer, fd: Int32,
-        peer: inout sockaddr_storage, peerLength: socklen_t
-    ) {
+    ///
+    /// Replies go out with `sendto` on the listener's descriptor rather than `UDPSocket.sendTo`: workers answer
+    /// off the loop thread, which is the socket object's thread contract. A descriptor stays valid for them: a
+    /// listener closes only inside the workers' pause, after its queued datagrams are discarded.
+    func handle(_ request: UnsafeRawBufferPointer, reply: UnsafeMutableRawBufferPointer, fd: Int32, peer: SocketAddress)
+    {
         if request.count >= 4 { receivedByType[Int(request[3])]?.increment() }
         switch handlePacket(request, reply: reply) {
         case .malformed:
@@ -413,10 +410,8 @@ final class PacketCounters: Sendable {
         case .unknown:
             unknown.increment()
         case .reply(let type, let length):
-            let rc = withUnsafePointer(to: &peer) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sendto(fd, reply.baseAddress, length, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), $0, peerLength)
-                }
+            let rc = peer.withSockAddr {
+                sendto(fd, reply.baseAddress, length, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), $0, $1)
             }
             if rc == length {
                 sent.increment()
@@ -429,9 +424,6 @@ final class PacketCounters: Sendable {
 
     /// Worker-thread entry: the job's datagram, answered through the worker's reused reply buffer.
     func handle(_ job: PacketJob, reply: UnsafeMutableRawBufferPointer) {
-        var peer = job.peer
-        job.bytes.withUnsafeBytes { request in
-            handle(request, reply: reply, fd: job.fd, peer: &peer, peerLength: job.peerLength)
-        }
+        job.bytes.withUnsafeBytes { request in handle(request, reply: reply, fd: job.fd, peer: job.peer) }
     }
 }

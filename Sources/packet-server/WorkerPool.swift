@@ -1,12 +1,12 @@
 import Foundation
 import Glibc
+import IOLoop
 
 /// A received datagram waiting for a worker: its bytes, who sent it, and the socket to answer on.
 struct PacketJob: Sendable {
     var fd: Int32
     var bytes: [UInt8]
-    var peer: sockaddr_storage
-    var peerLength: socklen_t
+    var peer: SocketAddress
 }
 
 /// A fixed pool of packet worker threads with a bounded queue, and Kea's critical section.

@@ -33,21 +33,36 @@ struct UDPTests {
         #expect(reply == Array("datagram".utf8))
     }
 
-    @Test func tryReceiveAndTrySendForHostLoops() throws {
+    @Test func receiveFromAndSendToForHostLoops() throws {
         let io = try IOService()
         let a = try UDPSocket(io, port: 0)
         let b = try UDPSocket(io, port: 0)
         let buf = RawBuffer(64)
-        #expect(try a.tryReceive(into: buf.buffer) == nil)
+        #expect(try a.receiveFrom(into: buf.buffer) == nil)
         let target = try SocketAddress(ip: "127.0.0.1", port: a.port)
-        #expect(try b.trySend([1, 2, 3], to: target))
+        #expect(try b.sendTo([1, 2, 3], to: target) == 3)
+        #expect(try b.sendTo([], to: target) == 0)
         // Wait for it with poll(2) on the descriptor, as a host loop would.
         var p = pollfd(fd: a.nativeHandle, events: Int16(POLLIN), revents: 0)
         #expect(Glibc.poll(&p, 1, 5000) == 1)
-        let got = try a.tryReceive(into: buf.buffer)
+        let got = try a.receiveFrom(into: buf.buffer)
         #expect(got?.count == 3)
         #expect(got?.peer.port == b.port)
         #expect(buf.prefix(3) == [1, 2, 3])
+        // The empty datagram is a datagram (count 0), not "none waiting".
+        #expect(Glibc.poll(&p, 1, 5000) == 1)
+        #expect(try a.receiveFrom(into: buf.buffer)?.count == 0)
+        #expect(try a.receiveFrom(into: buf.buffer) == nil)
+        // A datagram longer than the buffer is cut to it; the rest is gone.
+        #expect(try b.sendTo([UInt8](repeating: 7, count: 100), to: target) == 100)
+        #expect(Glibc.poll(&p, 1, 5000) == 1)
+        #expect(try a.receiveFrom(into: buf.buffer)?.count == 64)
+        #expect(try a.receiveFrom(into: buf.buffer) == nil)
+        // Closed: EBADF, as an error, for both.
+        a.close()
+        #expect(throws: IOError.self) { try a.receiveFrom(into: buf.buffer) }
+        b.close()
+        #expect(performing: { try b.sendTo([1], to: target) }, throws: { ($0 as? IOError)?.errnoValue == EBADF })
     }
 
     @Test func cancelAndClosePendingReceive() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import IOLoop
 import Synchronization
 import Testing
 
@@ -8,7 +9,7 @@ import Testing
 @Suite("Packet worker pool")
 struct WorkerPoolTests {
     private func job(_ fd: Int32, _ byte: UInt8) -> PacketJob {
-        PacketJob(fd: fd, bytes: [byte], peer: sockaddr_storage(), peerLength: 0)
+        PacketJob(fd: fd, bytes: [byte], peer: try! SocketAddress(ip: "127.0.0.1", port: 9))
     }
 
     /// A listener closed by a reconfiguration takes its queued datagrams with it: a worker must never answer one
