@@ -145,6 +145,12 @@ public final class ControlSocketServer {
     @exclusivity(unchecked) private var sweepArmedAt: SteadyInstant?
     @exclusivity(unchecked) private unowned(unsafe) var timeoutHead: ControlConnection?
     @exclusivity(unchecked) private unowned(unsafe) var timeoutTail: ControlConnection?
+    /// Where connections serialize their answers, reused: an answer the socket takes at once (the usual case) is
+    /// written from here and never copied; only the rest of a larger one is copied into its connection.
+    @exclusivity(unchecked) var answerScratch = ByteSink(capacity: 4096)
+    /// Set while an answer is written from `answerScratch`: an answer produced meanwhile (by a log handler that
+    /// runs a command, say) must not overwrite it, and takes its own buffer.
+    @exclusivity(unchecked) var answerScratchBusy = false
 
     /// Opens the socket and starts accepting.
     ///
@@ -548,26 +554,45 @@ final class ControlConnection {
         }
         server.commandManager.processCommand(command) { [self] answer in
             guard state == .processing else { return }
-            send(answer.serialized())
+            send(answer)
         }
     }
 
-    private func send(_ bytes: [UInt8]) {
-        state = .writing
-        answer = bytes
-        written = 0
-        // Most answers fit the socket's send buffer: write now and, if all of it went, close in this same
-        // handler. The client then finds its answer and the end of stream together (one wake-up, not two), and
-        // the connection costs no write completion or loop pass.
-        let now = answer.withUnsafeBytes { raw in
-            Result { () throws(IOError) -> Int? in try socket.writeSome(raw) }
+    private func send(_ answer: JSONValue) {
+        guard let server, !server.answerScratchBusy else {
+            send(answer.serialized())
+            return
         }
-        switch now {
-        case .success(let n): written = n ?? 0
-        case .failure(let error):
+        server.answerScratchBusy = true
+        defer { server.answerScratchBusy = false }
+        answer.serialize(into: &server.answerScratch)
+        server.answerScratch.withBytes { send(UnsafeRawBufferPointer($0)) }
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { send($0) }
+    }
+
+    /// Most answers fit the socket's send buffer: write now and, if all of it went, close in this same handler.
+    /// The client then finds its answer and the end of stream together (one wake-up, not two), and the
+    /// connection costs no write completion, loop pass or copy of the answer. What the socket does not take now
+    /// is copied (`bytes` is only lent) and written asynchronously.
+    private func send(_ bytes: UnsafeRawBufferPointer) {
+        state = .writing
+        var sent = 0
+        do throws(IOError) {
+            sent = try socket.writeSome(bytes) ?? 0
+        } catch {
             writeFailed(error)
             return
         }
+        if sent == bytes.count {
+            logger.debug("control connection fd \(fd): sent answer of \(sent) bytes")
+            finish()
+            return
+        }
+        answer = Array(bytes)
+        written = sent
         writeNext()
     }
 

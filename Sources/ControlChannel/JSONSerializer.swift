@@ -25,6 +25,16 @@ extension JSONValue {
         writer.out.append(to: &buffer)
     }
 
+    /// Writes the compact JSON text of this value into `sink`, replacing what it held, and keeps its storage: a
+    /// caller that serializes over and over (the control socket server, one answer per connection) allocates
+    /// nothing once the sink has grown to its answers' size.
+    func serialize(into sink: inout ByteSink) {
+        sink.removeAll()
+        var writer = JSONWriter(pretty: false, out: sink)
+        writer.write(self, level: 0)
+        sink = writer.takeOutput()
+    }
+
     /// The compact JSON text of this value as a String (see ``serialized()``).
     public func serializedString() -> String {
         String(decoding: serialized(), as: UTF8.self)
@@ -97,6 +107,9 @@ struct ByteSink: ~Copyable {
 
     deinit { base.deallocate() }
 
+    /// Forgets the bytes written; keeps the storage.
+    mutating func removeAll() { count = 0 }
+
     @inline(__always)
     mutating func append(_ byte: UInt8) {
         if count == capacity { grow(1) }
@@ -160,14 +173,18 @@ struct ByteSink: ~Copyable {
 }
 
 struct JSONWriter: ~Copyable {
-    var out = ByteSink()
+    var out: ByteSink
     let pretty: Bool
     var indentWidth = 2
 
-    init(pretty: Bool, indentWidth: Int = 2) {
+    init(pretty: Bool, indentWidth: Int = 2, out: consuming ByteSink = ByteSink()) {
         self.pretty = pretty
         self.indentWidth = indentWidth
+        self.out = out
     }
+
+    /// Ends the writer, handing back its output buffer.
+    consuming func takeOutput() -> ByteSink { out }
 
     mutating func newline(_ level: Int) {
         out.append(0x0A)
