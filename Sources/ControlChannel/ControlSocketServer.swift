@@ -151,6 +151,9 @@ public final class ControlSocketServer {
     /// Set while an answer is written from `answerScratch`: an answer produced meanwhile (by a log handler that
     /// runs a command, say) must not overwrite it, and takes its own buffer.
     @exclusivity(unchecked) var answerScratchBusy = false
+    /// What a new connection's first read goes into: a command that arrives whole (the usual case) is framed from
+    /// here, so that connection never allocates a read buffer. The framer copies what it keeps.
+    let readScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 16384, alignment: 16)
 
     /// Opens the socket and starts accepting.
     ///
@@ -182,6 +185,7 @@ public final class ControlSocketServer {
     deinit {
         acceptor?.close()
         sweepTimer.cancel()
+        readScratch.deallocate()
     }
 
     /// The path currently listened on, or nil when closed.
@@ -410,7 +414,8 @@ final class ControlConnection {
         self.config = config
         self.logger = server.logger
         self.framer = JSONFramer(maxSize: config.maxCommandSize, maxDepth: config.maxDepth)
-        self.buffer = .allocate(byteCount: Self.initialBuffer, alignment: 16)
+        // Allocated by the first asynchronous read; a command read whole in `start()` needs none.
+        self.buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         self.fd = socket.nativeHandle
     }
 
@@ -425,13 +430,14 @@ final class ControlConnection {
         logger.debug("control connection opened on fd \(fd)")
         // A client connects to send its command, which is usually there by the time it is accepted: handle it in
         // this handler, without arming the timeout or waiting a loop pass for the read's completion.
+        let chunk = server?.readScratch ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
         do throws(IOError) {
-            if let n = try socket.readSome(into: buffer) {
-                readCompleted(nil, n)
+            if chunk.count > 0, let n = try socket.readSome(into: chunk) {
+                readCompleted(nil, n, from: chunk)
                 return
             }
         } catch {
-            readCompleted(error, 0)
+            readCompleted(error, 0, from: chunk)
             return
         }
         armTimer(config.inactivityTimeout)
@@ -446,15 +452,17 @@ final class ControlConnection {
 
     /// Waits for the next chunk of the command.
     private func read() {
+        if buffer.count == 0 { buffer = .allocate(byteCount: Self.initialBuffer, alignment: 16) }
         socket.asyncReadSome(into: buffer) { [self] error, n in
             guard state == .reading else { return }
-            readCompleted(error, n)
+            readCompleted(error, n, from: buffer)
         }
     }
 
-    /// Feeds `n` bytes read into `buffer` to the framer (or handles the read's error) and goes on: read more,
-    /// process the command, or answer the framing error.
-    private func readCompleted(_ error: IOError?, _ n: Int) {
+    /// Feeds the `n` bytes read into `chunk` (the connection's buffer, or the server's scratch for the first read)
+    /// to the framer, or handles the read's error, and goes on: read more, process the command, or answer the
+    /// framing error.
+    private func readCompleted(_ error: IOError?, _ n: Int, from chunk: UnsafeMutableRawBufferPointer) {
         if let error {
             if error.isOperationAborted { return }
             if error == .eof {
@@ -468,13 +476,13 @@ final class ControlConnection {
             finish()
             return
         }
-        let result = framer.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        let result = framer.feed(UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
         if case .complete(let consumed) = result {
             // The command ended exactly where a short read ended: nothing else was queued then, so the
             // close can skip the probe for unread input (one system call per connection).
-            mayHaveUnreadInput = consumed < n || n == buffer.count
+            mayHaveUnreadInput = consumed < n || n == chunk.count
         }
-        if n == buffer.count && buffer.count < Self.largeBuffer {
+        if n == chunk.count && buffer.count < Self.largeBuffer {
             buffer.deallocate()
             buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
         }
