@@ -187,16 +187,17 @@ final class PacketServer {
         }
         // Committed from here on.
         let kept = listeners.filter { l in new.listen.contains(l.address) }
-        let closing = listeners.filter { l in !new.listen.contains(l.address) }.map { $0.socket.nativeHandle }
+        let closing = listeners.filter { l in !new.listen.contains(l.address) }
         if let pool, !closing.isEmpty {
             // Their replies could otherwise go out on whatever socket reuses the descriptor number next.
-            let discarded = pool.discardQueued { closing.contains($0.fd) }
+            let fds = closing.map { $0.socket.nativeHandle }
+            let discarded = pool.discardQueued { fds.contains($0.fd) }
             if discarded > 0 {
                 counters.dropped.increment(by: Int64(discarded))
                 logger.info("dropped \(discarded) queued packets of the closed listeners")
             }
         }
-        for l in listeners where !new.listen.contains(l.address) {
+        for l in closing {
             l.socket.close()
             logger.info("stopped listening on udp \(l.address)")
         }

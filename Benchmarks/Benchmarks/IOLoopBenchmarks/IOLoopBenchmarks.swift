@@ -1,7 +1,8 @@
-import BenchSupport
 // package-benchmark suites for IOLoop: wall clock, CPU and malloc counters per operation, for
 // regression tracking (`swift package benchmark` in Benchmarks/). Side-by-side ratios against C libev
 // and Boost.Asio come from `ioloop-bench` and `compare`, which share one methodology with the comparators.
+
+import BenchSupport
 import Benchmark
 import ControlChannel
 import Glibc

@@ -119,7 +119,7 @@ func wakeupLatency() throws {
     )
 }
 
-/// Results of the timer workload, filled on the loop thread.
+/// The timers workload: CPU and set-up time per timer, lateness, early fires (set-up in `armSpreadTimers`).
 func timers() throws {
     let io = try IOService()
     let results = TimerResults()
