@@ -249,15 +249,30 @@ struct StreamSocketTests {
         while let n = try b.readSome(into: buf.buffer) { received += n }
         #expect(received == sent)
 
-        // The peer closes: the reader sees end of stream, the writer EPIPE (never SIGPIPE).
+        // The peer closes: the reader sees end of stream, the writer EPIPE (never SIGPIPE). A process that a
+        // parallel test spawns holds a copy of every descriptor from its fork to its exec (CLOEXEC closes them
+        // only at the exec), so the peer's close takes effect when that copy goes: wait for the hang-up first.
         a.close()
+        #expect(awaitPeerHangUp(b.nativeHandle))
         #expect(throws: IOError.eof) { try b.readSome(into: buf.buffer) }
         let (c, d) = try UnixStreamSocket.pair(io)
         d.close()
+        #expect(awaitPeerHangUp(c.nativeHandle))
         #expect { try msg.withUnsafeBytes { try c.writeSome($0) } } throws: { ($0 as? IOError)?.errnoValue == EPIPE }
         c.close()
         #expect(throws: IOError.self) { try c.readSome(into: buf.buffer) }
         #expect(try io.poll() == 0)
+    }
+
+    /// Waits (up to 10 s) until the peer of `fd` has closed: `poll` reports `POLLHUP` once no descriptor for the
+    /// other end remains open in any process.
+    private func awaitPeerHangUp(_ fd: Int32) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            var p = pollfd(fd: fd, events: 0, revents: 0)
+            if Glibc.poll(&p, 1, 100) == 1, p.revents & Int16(POLLHUP) != 0 { return true }
+        }
+        return false
     }
 
     @Test func halfClose() throws {
@@ -349,6 +364,7 @@ struct StreamSocketTests {
         let io = try IOService()
         let (a, b) = try UnixStreamSocket.pair(io)
         b.close()
+        #expect(awaitPeerHangUp(a.nativeHandle))  // a spawned child's fork-to-exec copy of b (see above)
         var error: IOError?
         var count = -1
         a.asyncWrite([1, 2, 3]) { e, n in
