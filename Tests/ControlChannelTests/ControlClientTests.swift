@@ -1,5 +1,6 @@
 // ControlClient against ControlSocketServer and against hand-made misbehaving peers, over real sockets.
 
+import CLibev
 import Foundation
 import Glibc
 import IOLoop
@@ -25,7 +26,7 @@ final class RawListener: @unchecked Sendable {
     func serveOnce(_ body: @escaping @Sendable (Int32) -> Void) {
         let fd = self.fd
         let thread = Thread { [done] in
-            let c = accept(fd, nil, nil)
+            let c = ioloop_accept4(fd, Int32(SOCK_CLOEXEC.rawValue))  // never inherited by a spawned child
             if c >= 0 {
                 body(c)
                 close(c)
@@ -52,7 +53,7 @@ func bindUnix(_ fd: Int32, _ path: String) throws {
 
 /// Leaves a socket file with no server behind it at `path` (what a crashed server leaves).
 func makeStaleSocket(_ path: String) throws {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { close(fd) }
     try bindUnix(fd, path)
 }

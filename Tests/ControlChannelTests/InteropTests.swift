@@ -58,7 +58,7 @@ func isSocket(_ path: String) -> Bool {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and released).
 func freeTCPPort() throws -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
@@ -78,7 +78,7 @@ func freeTCPPort() throws -> UInt16 {
 /// A raw HTTP/1.1 POST to 127.0.0.1:`port` with `Connection: close`; returns the status line and the body.
 /// Returns nil if nothing accepts on the port.
 func httpPost(port: UInt16, body: String) -> (status: String, body: String)? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)

@@ -300,6 +300,14 @@ func errorAnswerText(_ text: String) -> String {
 
 // MARK: Child processes
 
+/// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), looked up at run time: the Swift importer does not
+/// see its declaration (a feature-macro guard).
+private let spawnAddCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32)? = {
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+    return unsafeBitCast(
+        symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32).self)
+}()
+
 /// A child process whose output goes to files; killed (by PID) and reaped by `stop()`, also on failure.
 ///
 /// Spawned with `posix_spawn` and an empty signal mask with default dispositions: test threads (Dispatch and
@@ -319,8 +327,11 @@ final class ChildProcess: @unchecked Sendable {
         stdoutPath = dir.file("\(label).out")
         stderrPath = dir.file("\(label).err")
         var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else { throw TestError(description: "pipe: \(errno)") }
-        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Close-on-exec from the start (no window for another test's spawn to inherit the write end and hold
+        // the child's stdin open); dup2 clears it on the child's fd 0. A socket pair because glibc declares pipe2
+        // only under _GNU_SOURCE, which the Swift importer does not set.
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        guard socketpair(AF_UNIX, type, 0, &pipeFDs) == 0 else { throw TestError(description: "socketpair: \(errno)") }
         stdinFD = pipeFDs[1]
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -328,6 +339,9 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipeFDs[0], 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        // The child gets 0, 1 and 2 only, whatever a parallel test left inheritable (Foundation's Process does
+        // the same): an inherited socket would keep that test's peer from seeing its close.
+        if let addCloseFrom = spawnAddCloseFrom { _ = addCloseFrom(&actions, 3) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -44,7 +44,7 @@ func fileMode(_ path: String) -> mode_t {
 
 /// Creates a socket file at `path` with no server behind it (bound, then closed without unlinking).
 func makeStaleSocket(_ path: String) throws {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { close(fd) }
     let addr = try SocketAddress(unixPath: path)
     let rc = addr.withSockAddr { bind(fd, $0, $1) }

@@ -381,7 +381,7 @@ func emfileBackoffScenario() -> Int32 {
         var clientFDs: [Int32] = []
         let addr = try SocketAddress(unixPath: path)
         for _ in 0..<clients {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0, addr.withSockAddr({ connect(fd, $0, $1) }) == 0 else { return fail("client connect") }
             clientFDs.append(fd)
         }

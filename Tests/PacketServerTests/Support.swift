@@ -263,7 +263,7 @@ final class UDPClient {
 
     init(port: UInt16) {
         self.port = port
-        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var tv = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
