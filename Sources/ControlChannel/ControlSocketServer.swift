@@ -523,13 +523,14 @@ final class ControlConnection {
     private func timedOut() {
         switch state {
         case .reading:
+            socket.cancel()
+            if readInputWaitingAtDeadline() { return }
             let partial = framer.partialCommandByteCount
             let text =
                 partial > 0
                 ? "Connection over control channel timed out, discarded partial command of \(partial) bytes"
                 : "Connection over control channel timed out"
             logger.info("control connection fd \(fd): \(text)")
-            socket.cancel()
             send(ControlAnswer.error(text).serialized())
         case .writing:
             // Never splice a second value into a half-written answer: just close.
@@ -539,6 +540,38 @@ final class ControlConnection {
             finish()
         default: break
         }
+    }
+
+    /// Frames input that reached the socket before the deadline was handled but was not read yet (the loop checks
+    /// timers after its I/O sample, and between samples while handlers keep coming). A command that arrived in
+    /// time is served, a framing error answered, an end of stream closes as a read would (all three return true);
+    /// a partial command is counted whole in the timeout text. Bounded like the close's drain, so a client that
+    /// keeps streaming cannot hold the loop thread here.
+    private func readInputWaitingAtDeadline() -> Bool {
+        guard let chunk = server?.readScratch, let base = chunk.baseAddress else { return false }
+        var total = 0
+        while total < Self.maxDrain {
+            let n = recv(fd, base, chunk.count, Int32(MSG_DONTWAIT))
+            if n < 0 { return false }  // nothing more now (or an error the answer's write will report)
+            if n == 0 {
+                readCompleted(.eof, 0, from: chunk)
+                return true
+            }
+            total += n
+            let result = framer.feed(UnsafeRawBufferPointer(start: base, count: n))
+            switch result {
+            case .needMoreData:
+                continue
+            case .complete:
+                mayHaveUnreadInput = true
+                process()
+            case .failed(let failure):
+                logger.warning("control connection fd \(fd): \(failure.text)")
+                send(CommandManager.answerBytes(for: failure))
+            }
+            return true
+        }
+        return false
     }
 
     // MARK: processing and writing

@@ -337,6 +337,34 @@ struct ControlSocketServerTests {
         #expect(onlyComment.answer() == errorAnswerText("Connection over control channel timed out"))
     }
 
+    /// Input that arrived before the deadline counts even if the loop gets to it late (busy, or both events due in
+    /// the same pass): a complete command is served, and a partial one is counted whole in the timeout text.
+    @Test func inputWaitingAtTheDeadlineIsNotLost() throws {
+        let h = try ServerHarness(configure: { $0.inactivityTimeout = .milliseconds(100) })
+        defer { h.stop() }
+        let complete = try RawClient(h.path)
+        let partial = try RawClient(h.path)
+        #expect(waitUntil { h.connectionCount == 2 })  // both accepted, found nothing yet, and waiting to read
+        // Hold the loop thread while both clients send and the deadline passes.
+        let gate = DispatchSemaphore(value: 0)
+        let held = DispatchSemaphore(value: 0)
+        h.service.post {
+            held.signal()
+            _ = gate.wait(timeout: .now() + 10)
+        }
+        #expect(held.wait(timeout: .now() + 10) == .success)
+        complete.send(#"{"command": "count"}"#)
+        partial.send(#"{"command": "cou"#)
+        // Pacing, not synchronization: the held loop cannot act, so this only lets the deadline pass.
+        Thread.sleep(forTimeInterval: 0.3)
+        gate.signal()
+        #expect(complete.answer() == #"{"arguments":{},"result":0,"text":"counted"}"#)
+        #expect(
+            partial.answer()
+                == errorAnswerText(
+                    "Connection over control channel timed out, discarded partial command of 16 bytes"))
+    }
+
     @Test func inactivityTimeoutRestartsOnEveryChunk() throws {
         let h = try ServerHarness(configure: { $0.inactivityTimeout = .milliseconds(400) })
         defer { h.stop() }
