@@ -105,10 +105,22 @@ struct StreamSocketTests {
 
     @Test func tcpConnectRefusedAndByName() throws {
         let io = try IOService()
-        // Find a port nobody listens on: bind an ephemeral port, then close it.
-        let probe = try TCPAcceptor(io, host: "127.0.0.1", port: 0)
-        let port = probe.port
-        probe.close()
+        // A port nobody listens on: an ephemeral port bound and held, never listening. (A listener opened and
+        // closed would do only until a process spawned meanwhile by a parallel test holds a copy of it between
+        // its fork and its exec: the connect would then complete.)
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(holder, $0, length) == 0 && getsockname(holder, $0, &length) == 0
+            }
+        }
+        #expect(bound)
+        let port = UInt16(bigEndian: address.sin_port)
         let client = TCPSocket(io)
         var error: IOError?
         client.asyncConnect(host: "127.0.0.1", port: port) { error = $0 }
