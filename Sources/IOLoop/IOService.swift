@@ -86,10 +86,19 @@ public final class IOService: @unchecked Sendable {
     private let outstanding = Atomic<Int>(0)
     private let stoppedFlag = Atomic<Bool>(false)
     private let wakePending = Atomic<Bool>(false)
-    /// True while a thread may be blocked waiting for this service: in a blocking `ev_run`, or a host that
-    /// asked `timeUntilNextEvent()` and has not called back into run/poll yet. Only then do other threads
-    /// pay for an eventfd write (Asio's `task_interrupted_`).
-    private let sleeping = Atomic<Bool>(false)
+    /// Whether a thread may be blocked waiting for this service, so that other threads pay for an eventfd write
+    /// (Asio's `task_interrupted_`): `awake` while a run/poll call is handling work; `blocked` in a blocking
+    /// `ev_run`, or for a host that asked `timeUntilNextEvent()`; `parked` once a run/poll call has returned —
+    /// its thread may block on ``pollDescriptor()`` next, without asking. Posts from the parked thread itself
+    /// skip the write: that thread is running, not waiting.
+    private let sleeping = Atomic<UInt8>(Sleep.awake)
+    /// The thread that parked the service (a `pthread_t`), meaningful while `sleeping` is `parked`.
+    private let parkedThread = Atomic<UInt>(0)
+    private enum Sleep {
+        static let awake: UInt8 = 0
+        static let blocked: UInt8 = 1
+        static let parked: UInt8 = 2
+    }
     private let owner = Atomic<UInt>(0)
     @exclusivity(unchecked) private var depth = 0
     private let isShutDown = Atomic<Bool>(false)
@@ -399,7 +408,15 @@ public final class IOService: @unchecked Sendable {
     private func wake() {
         // Nobody can be blocked: the loop re-checks `sharedPending` and `stopped` after setting `sleeping`
         // and before it blocks (a Dekker handshake: both sides store, then load, sequentially consistent).
-        guard sleeping.load(ordering: .sequentiallyConsistent) else { return }
+        let state = sleeping.load(ordering: .sequentiallyConsistent)
+        if state == Sleep.awake { return }
+        if state == Sleep.parked && parkedThread.load(ordering: .relaxed) == UInt(pthread_self()) { return }
+        writeWake()
+    }
+
+    /// Makes the descriptor readable (and a blocked `ev_run` return) unless a write is already pending.
+    @inline(__always)
+    private func writeWake() {
         if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
             var one: UInt64 = 1
             _ = write(wakeFD, &one, 8)
@@ -428,15 +445,23 @@ public final class IOService: @unchecked Sendable {
     // compiles to the non-blocking path alone (the idle poll is a host loop's most frequent call).
     @inline(__always)
     private func drive(limit: Int, blocking: Bool, deadline: UInt64?) throws -> Int {
-        if stoppedFlag.load(ordering: .acquiring) { return 0 }
+        if stoppedFlag.load(ordering: .acquiring) {
+            discardStaleWake()
+            return 0
+        }
         if outstanding.load(ordering: .acquiring) == 0 {
             stop()
             return 0
         }
         enter()
-        sleeping.store(false, ordering: .relaxed)
+        // A non-blocking call leaves a parked state as it is: a host polling in a loop then costs no atomic
+        // store per call (another thread's post made meanwhile writes the eventfd once, until drained).
+        if blocking || sleeping.load(ordering: .relaxed) == Sleep.blocked {
+            sleeping.store(Sleep.awake, ordering: .relaxed)
+        }
         defer {
             flushFinished()
+            if depth == 1 { park() }
             leave()
         }
         var count = 0
@@ -487,6 +512,34 @@ public final class IOService: @unchecked Sendable {
             batchRemaining = ready.count
         }
         return count
+    }
+
+    /// On return from the outermost run/poll call: from now on another thread's post or a signal makes the
+    /// descriptor readable, for a host that blocks on it without calling `timeUntilNextEvent()` (Kea's fixed
+    /// one-second `select`). Work left ready (a bounded poll, a post that raced the return) makes it readable at
+    /// once; a stopped service leaves it alone, so a host does not spin until `restart()`.
+    @inline(__always)
+    private func park() {
+        let me = UInt(pthread_self())
+        if sleeping.load(ordering: .relaxed) != Sleep.parked || parkedThread.load(ordering: .relaxed) != me {
+            parkedThread.store(me, ordering: .relaxed)
+            // Dekker handshake with `post`: store our state, then load theirs (both sequentially consistent). While
+            // the state stays parked, every post from another thread writes the eventfd itself.
+            sleeping.store(Sleep.parked, ordering: .sequentiallyConsistent)
+            if stoppedFlag.load(ordering: .sequentiallyConsistent) { return }
+            if sharedPending.load(ordering: .sequentiallyConsistent) {
+                writeWake()
+                return
+            }
+        }
+        if !ready.isEmpty && !stoppedFlag.load(ordering: .relaxed) { writeWake() }
+    }
+
+    /// A stopped service runs nothing until `restart()`, so a wake-up written for it (by `stop()` itself, or a
+    /// post) would keep the descriptor readable and a host spinning: consume it, unless a thread still runs the
+    /// service (its blocking `ev_run` needs that wake-up to return).
+    private func discardStaleWake() {
+        if wakePending.load(ordering: .acquiring) && owner.load(ordering: .acquiring) == 0 { wakeReadable() }
     }
 
     /// Records when the reactor was sampled, if handlers are queued (only then can the next boundary skip a
@@ -570,14 +623,14 @@ public final class IOService: @unchecked Sendable {
             armTimerFD(timerWake)
         }
         if flags == Int32(EVRUN_ONCE) {
-            sleeping.store(true, ordering: .sequentiallyConsistent)
+            sleeping.store(Sleep.blocked, ordering: .sequentiallyConsistent)
             if sharedPending.load(ordering: .sequentiallyConsistent)
                 || stoppedFlag.load(ordering: .sequentiallyConsistent)
             {
                 flags = Int32(EVRUN_NOWAIT)
             }
             ev_run(loop, flags)
-            sleeping.store(false, ordering: .relaxed)
+            sleeping.store(Sleep.awake, ordering: .relaxed)
         } else {
             ev_run(loop, flags)
         }
@@ -689,7 +742,13 @@ public final class IOService: @unchecked Sendable {
     /// Thread contract: the thread that drives the service. libuv counterpart: `uv_backend_timeout`.
     public func timeUntilNextEvent() -> Duration? {
         // From here until the next run/poll call, other threads wake the host through the descriptor.
-        sleeping.store(true, ordering: .sequentiallyConsistent)
+        sleeping.store(Sleep.blocked, ordering: .sequentiallyConsistent)
+        // Stopped: nothing runs until `restart()`; a zero timeout would make the host spin on poll() calls that
+        // return at once.
+        if stoppedFlag.load(ordering: .sequentiallyConsistent) {
+            discardStaleWake()
+            return nil
+        }
         if !ready.isEmpty || sharedPending.load(ordering: .sequentiallyConsistent) { return .zero }
         if watchersChanged || timerWakeDeadline < armedDeadline {
             reactorStep(block: false, deadline: nil)

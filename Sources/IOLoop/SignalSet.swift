@@ -30,7 +30,10 @@ public final class SignalSet {
         for s in signals { try add(s) }
     }
 
+    /// Pending waits complete with `operationAborted` (through the queue, as Asio's destructor cancels them), so
+    /// the work they count is released and `run()` can return; then every signal is removed.
     deinit {
+        _ = core.cancel()
         core.clear()
     }
 
@@ -73,16 +76,30 @@ public final class SignalSet {
     }
 }
 
-/// The loop-thread state of a `SignalSet`, referenced weakly by the process-wide owner.
-final class SignalSetCore: @unchecked Sendable {
+/// The loop-thread state of a `SignalSet`, referenced weakly by the process-wide owner. Registered for
+/// `IOService.shutdown()`, which releases its pending waits uncalled.
+final class SignalSetCore: @unchecked Sendable, ShutdownParticipant {
     let service: IOService
     private(set) var signals: Set<Int32> = []
     private var queued: [Int32] = []
     var queuedCount: Int { queued.count }
     private var waits: [(Result<Int32, IOError>) throws -> Void] = []
+    var shutdownSlot = -1
 
     init(service: IOService) {
         self.service = service
+        service.register(self)
+    }
+
+    deinit {
+        service.unregister(self)
+    }
+
+    func dropForShutdown() {
+        // Out of the property before they are released: releasing a handler may start a new wait.
+        let dropped = waits
+        waits = []
+        _ = dropped
     }
 
     func add(_ signal: Int32) throws {

@@ -105,6 +105,74 @@ struct EmbeddingTests {
         #expect(try other.pollDescriptor() != fd)
     }
 
+    /// A host that blocks with its own fixed timeout (Kea's one-second `select`) and never asks
+    /// `timeUntilNextEvent()`: once `poll()` has returned, another thread's post makes the descriptor readable.
+    @Test func fixedTimeoutHostIsWokenByACrossThreadPost() throws {
+        let io = try IOService()
+        let work = WorkGuard(io)
+        let fd = try io.pollDescriptor()
+        try io.poll()
+        let posted = DispatchSemaphore(value: 0)
+        let ran = Atomic<Bool>(false)
+        Thread {
+            io.post { ran.store(true, ordering: .relaxed) }
+            posted.signal()
+        }.start()
+        #expect(posted.wait(timeout: .now() + 10) == .success)
+        let start = ContinuousClock.now
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        #expect(Glibc.poll(&p, 1, 10_000) == 1, "the post did not make the descriptor readable")
+        #expect(ContinuousClock.now - start < .seconds(5))
+        #expect(try io.poll() == 1)
+        let didRun = ran.load(ordering: .relaxed)
+        #expect(didRun)
+        // Drained: with nothing ready, the descriptor is quiet again.
+        #expect(Glibc.poll(&p, 1, 0) == 0)
+        work.reset()
+    }
+
+    /// A bounded poll that leaves handlers ready leaves the descriptor readable, so a host blocking on it comes
+    /// straight back for the rest.
+    @Test func handlersLeftByABoundedPollKeepTheDescriptorReadable() throws {
+        let io = try IOService()
+        let fd = try io.pollDescriptor()
+        let ran = Atomic<Int>(0)
+        for _ in 0..<3 { io.post { ran.add(1, ordering: .relaxed) } }
+        #expect(try io.pollOne() == 1)
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        #expect(Glibc.poll(&p, 1, 0) == 1)
+        #expect(try io.poll() == 2)
+        #expect(ran.load(ordering: .relaxed) == 3)
+    }
+
+    /// A stopped service runs nothing until `restart()`: `timeUntilNextEvent()` says to block without a timeout
+    /// even with handlers queued, and the wake-up `stop()` wrote is consumed, so a host never spins on it.
+    @Test func stoppedServiceDoesNotMakeTheHostSpin() throws {
+        let io = try IOService()
+        let work = WorkGuard(io)
+        let fd = try io.pollDescriptor()
+        try io.poll()
+        let ran = Atomic<Int>(0)
+        io.post { ran.add(1, ordering: .relaxed) }
+        let stopped = DispatchSemaphore(value: 0)
+        Thread {
+            io.stop()
+            stopped.signal()
+        }.start()
+        #expect(stopped.wait(timeout: .now() + 10) == .success)
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        #expect(Glibc.poll(&p, 1, 10_000) == 1)  // stop() woke the parked host
+        #expect(try io.poll() == 0)
+        #expect(io.timeUntilNextEvent() == nil)
+        #expect(io.pollTimeoutMilliseconds() == -1)
+        #expect(Glibc.poll(&p, 1, 100) == 0, "a stopped service kept the descriptor readable: the host would spin")
+        io.restart()
+        #expect(io.timeUntilNextEvent() == .zero)
+        #expect(try io.poll() == 1)
+        #expect(ran.load(ordering: .relaxed) == 1)
+        work.reset()
+    }
+
     @Test func crossThreadPostWakesHostPromptly() throws {
         let io = try IOService()
         let host = try HostLoop(io: io)

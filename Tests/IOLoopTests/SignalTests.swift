@@ -67,6 +67,47 @@ struct SignalTests {
         #expect(throws: IOError.operationAborted) { try result?.get() }
     }
 
+    /// Asio's `signal_set` destructor cancels its waits: a dropped set's pending wait completes with
+    /// `operationAborted` and releases its work, so `run()` returns instead of waiting for ever.
+    @Test func droppingASetAbortsItsPendingWait() throws {
+        let io = try IOService()
+        var set: SignalSet? = try SignalSet(io, signals: [SIGUSR2])
+        var result: Result<Int32, IOError>?
+        set?.asyncWait { result = $0 }
+        #expect(io.outstandingWork == 1)
+        set = nil
+        #expect(try io.run(for: .seconds(10)) == 1)
+        #expect(result.map { if case .failure(let e) = $0 { e.isOperationAborted } else { false } } == true)
+        #expect(io.outstandingWork == 0)
+        #expect(io.stopped)  // run() returned because no work was left, not because the 10 s passed
+    }
+
+    /// `shutdown()` releases a set's pending waits without calling them, as it does for sockets' operations.
+    @Test func shutdownReleasesPendingSignalWaits() throws {
+        final class Witness {
+            let released: UnsafeMutablePointer<Bool>
+            init(_ flag: UnsafeMutablePointer<Bool>) { released = flag }
+            deinit { released.pointee = true }
+        }
+        let io = try IOService()
+        let set = try SignalSet(io, signals: [SIGUSR2])
+        let flag = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+        defer { flag.deallocate() }
+        flag.pointee = false
+        do {
+            let witness = Witness(flag)
+            set.asyncWait { _ in
+                _ = witness
+                Issue.record("a wait released by shutdown() was called")
+            }
+        }
+        #expect(!flag.pointee)
+        io.shutdown()
+        #expect(flag.pointee, "shutdown() kept the pending wait's handler")
+        #expect(io.outstandingWork == 0)
+        set.clear()
+    }
+
     @Test func signalsThatCannotBeOwnedAreRejectedClearly() throws {
         let io = try IOService()
         let set = try SignalSet(io)
