@@ -713,7 +713,10 @@ public final class IOService: @unchecked Sendable {
     // MARK: - Embedding
 
     /// A descriptor that is readable whenever this service has work ready: I/O readiness of an armed
-    /// operation, a handler posted from another thread, a signal, or an expired timer.
+    /// operation, a handler posted from another thread, a signal, or an expired timer — from the moment a
+    /// run/poll call returns, whether or not the host asks ``timeUntilNextEvent()``. A post by the host's own
+    /// thread between polls does not make it readable (that thread is not waiting); ask
+    /// ``timeUntilNextEvent()`` before blocking to cover it. See `Docs/IOService.md`, "Embedding".
     ///
     /// It is libev's own epoll descriptor. The system libev has no accessor for it, so the service finds
     /// it once, on first use, as the one eventpoll descriptor of the process whose registered targets
@@ -735,7 +738,8 @@ public final class IOService: @unchecked Sendable {
 
     /// How long a host may block before it must call `poll()`: zero when handlers are ready, the time to
     /// the earliest timer (plus ``timerSlack``), or nil when only I/O, posts or signals can make work (block
-    /// indefinitely on ``pollDescriptor()``).
+    /// indefinitely on ``pollDescriptor()``) — and while the service is stopped, which runs nothing until
+    /// `restart()`.
     ///
     /// Also pushes watcher changes made outside `poll()` to the kernel, so the descriptor reflects every
     /// armed operation. Round the result up, never down, when converting to milliseconds.
