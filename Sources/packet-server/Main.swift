@@ -69,7 +69,7 @@ struct PacketServerCommand: ParsableCommand {
                 \(server.config.listen.map(\.description).joined(separator: ", "))
                 control socket: \(socketPath)
                 try: swift run ioloop-ctl --socket \(socketPath) status-get
-                     echo '{"command": "list-commands"}' | socat UNIX:\(socketPath) -
+                     echo '{"command": "list-commands"}' | socat UNIX:\(socketPath),ignoreeof -
 
                 """.utf8))
         let status = server.run()

@@ -317,6 +317,10 @@ struct PacketServerProcessTests {
         let server = try ServerProcess(config: ServerProcess.standardConfig())
         defer { server.cleanUp() }
         try server.waitUntilReady()
+        // The start-up banner suggests exactly the command run here: without ignoreeof, socat gives up 0.5 s
+        // (its -t default) after its piped input ends, answered or not (spec §8).
+        let banner = try server.waitForOutput(",ignoreeof -")
+        #expect(banner.contains("| socat UNIX:\(server.socketPath),ignoreeof -"))
         let socat = Process()
         socat.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
         socat.arguments = ["UNIX:\(server.socketPath),ignoreeof", "-"]
