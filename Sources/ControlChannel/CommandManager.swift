@@ -43,8 +43,11 @@ public struct ValidatedCommand: Sendable, Equatable {
 /// - If the last reference to the responder goes away without an answer (a handler that forgot to answer),
 ///   the command is answered with result 1, `internal error: the handler of 'NAME' finished without an answer`
 ///   and an error is logged: a command always gets an answer (spec §6), never a silent close.
-/// - A handler that keeps the responder forever without answering keeps the command pending; the socket
-///   server bounds that with its own timeout.
+/// - A handler that keeps the responder forever without answering keeps the command pending, and over the
+///   socket its connection open, for good: nothing bounds it. The socket server suspends the inactivity timeout
+///   while a command runs (spec §7) and does not notice a client that gives up meanwhile, and
+///   ``ControlSocketServer/whenAnswersDelivered(_:)`` waits for the answer. A handler that may never finish must
+///   bound itself, e.g. with a timer that answers result 1.
 ///
 /// Thread contract: the once-flag is atomic, so a second call from any thread is safely ignored; the
 /// completion runs on the thread that answers, which must be the loop thread (the manager is loop-confined).
