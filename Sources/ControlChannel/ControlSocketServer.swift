@@ -666,8 +666,9 @@ final class ControlConnection {
         }
     }
 
-    /// Shuts the connection down and closes it. Unread input is drained first: on Linux, closing a UNIX
-    /// socket that still holds unread data makes the client's next read fail with ECONNRESET instead of EOF.
+    /// Closes the connection. If unread input is waiting, it is shut down and the input drained first: on Linux,
+    /// closing a UNIX socket that still holds unread data makes the client's next read fail with ECONNRESET
+    /// instead of EOF.
     private func finish() {
         guard state != .closed else { return }
         state = .closed
