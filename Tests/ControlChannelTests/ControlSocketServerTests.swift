@@ -50,6 +50,18 @@ struct ControlSocketServerTests {
         #expect(relative.socketName == FileManager.default.currentDirectoryPath + "/rel.sock")
     }
 
+    @Test func configDefaults() throws {
+        // Literal values, not the library's constants: a changed constant must fail here (spec §1, §3, §4).
+        let parsed = try ControlSocketConfig(parsing: ["socket-type": "unix", "socket-name": "/tmp/x.sock"])
+        for config in [ControlSocketConfig(socketName: "/tmp/x.sock"), parsed] {
+            #expect(config.inactivityTimeout == .milliseconds(10_000))
+            #expect(config.writeTimeout == .milliseconds(10_000))
+            #expect(config.maxCommandSize == 16 * 1024 * 1024)
+            #expect(config.maxDepth == 100)
+            #expect(config.socketMode == 0o600)
+        }
+    }
+
     @Test func lockFileAndSecondInstanceRefused() throws {
         let h = try ServerHarness()
         defer { h.stop() }
