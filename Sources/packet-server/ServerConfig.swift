@@ -49,9 +49,9 @@ struct ListenAddress: Equatable, Hashable, CustomStringConvertible {
 /// `{"PacketServer": {"listen": [...], "control-socket": {...}, "threads": 0, ...}}`.
 struct ServerConfig: Equatable {
     static let topLevelKey = "PacketServer"
+    /// Every other key is rejected as an unsupported parameter.
     static let knownKeys: Set<String> = [
-        "listen", "control-socket", "threads", "packet-queue-size", "log-level", "control-timeout",
-        "comment",
+        "listen", "control-socket", "threads", "packet-queue-size", "log-level", "comment",
     ]
 
     var listen: [ListenAddress]

@@ -49,7 +49,13 @@ struct PacketProtocolTests {
         }
         #expect(error(#"{"PacketServer": {"control-socket": {}, "threads": "x"}}"#).contains("PacketServer.threads"))
         #expect(error(#"{"PacketServer": {"control-socket": {}, "listen": ["nope"]}}"#).contains("listen[0]"))
-        #expect(error(#"{"PacketServer": {"control-socket": {}, "bogus": 1}}"#).contains("PacketServer.bogus"))
+        #expect(
+            error(#"{"PacketServer": {"control-socket": {}, "bogus": 1}}"#)
+                == "PacketServer.bogus: unsupported parameter")
+        // Not a Kea key (Kea's control-socket timeout cannot be configured) and nothing read it: rejected too.
+        #expect(
+            error(#"{"PacketServer": {"control-socket": {}, "control-timeout": 5000}}"#)
+                == "PacketServer.control-timeout: unsupported parameter")
         #expect(error(#"{"PacketServer": {}}"#).contains("control-socket"))
         #expect(error(#"{"Dhcp4": {}}"#).contains("Dhcp4"))
         #expect(
