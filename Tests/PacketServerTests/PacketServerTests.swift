@@ -184,9 +184,11 @@ struct PacketServerProcessTests {
         let server = try ServerProcess(config: ServerProcess.standardConfig())
         defer { server.cleanUp() }
         try server.waitUntilReady()
+        #expect(FileManager.default.fileExists(atPath: server.socketPath + ".lock"))
         server.signal(SIGTERM)
         #expect(try server.waitForExit() == 0)
         #expect(!FileManager.default.fileExists(atPath: server.socketPath))
+        #expect(!FileManager.default.fileExists(atPath: server.socketPath + ".lock"))
         #expect(try server.waitForOutput("SIGTERM").contains("running 'shutdown'"))
     }
 
