@@ -619,6 +619,33 @@ struct ControlSocketServerTests {
                 == #"{"arguments":{},"result":0,"text":"answered later"}"#)
     }
 
+    @Test func handlersRunOnTheLoopThread() throws {
+        let h = try ServerHarness()
+        defer { h.stop() }
+        // Spec §7. Each handler answers with what it saw of its thread, so nothing is shared with the test thread.
+        let service = h.service
+        func whereAmI() -> JSONValue {
+            [
+                "running-the-service": .bool(service.runningInThisThread),
+                "thread": .integer(Int64(bitPattern: UInt64(pthread_self()))),
+            ]
+        }
+        let loopThread = try h.onLoop {
+            try h.manager.registerCommand("where") { _, _, _ in ControlAnswer.success(arguments: whereAmI()).json }
+            try h.manager.registerAsyncCommand("where-async") { _, _, _, responder in
+                responder.respond(ControlAnswer.success(arguments: whereAmI()))
+            }
+            return Int64(bitPattern: UInt64(pthread_self()))
+        }
+        #expect(loopThread != Int64(bitPattern: UInt64(pthread_self())))
+        for name in ["where", "where-async"] {
+            let answer = try exchangeJSON(h.path, #"{"command": "\#(name)"}"#)
+            #expect(answer["result"] == 0, "\(name)")
+            #expect(answer["arguments"]?["running-the-service"] == true, "\(name)")
+            #expect(answer["arguments"]?["thread"] == .integer(loopThread), "\(name)")
+        }
+    }
+
     @Test func handlerReconfiguringToANewPathGetsItsAnswer() throws {
         let h = try ServerHarness()
         defer { h.stop() }
