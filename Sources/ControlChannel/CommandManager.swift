@@ -112,8 +112,10 @@ public final class CommandResponder: @unchecked Sendable {
 ///   result 0 with the sorted list of names as `arguments`.
 /// - Requests are validated with Kea 2.4+'s exact texts (spec §5), answered with result 1 and the prefix
 ///   `Error during command processing: `; an unknown name gets result 2 `'NAME' command not supported.`.
-/// - Every answer is a map with an integer `result` and an `arguments` member (`{}` added if the handler left
-///   it out; spec §6). A handler answer that is not such a map is replaced by a result-1 internal error.
+/// - Every answer is a map with an integer `result` and a map `arguments` (`{}` added if the handler left it
+///   out; spec §6); only `list-commands` answers with a list. A handler answer that is not a map with an integer
+///   `result`, or whose `arguments` is not a map, is a programming error: it is logged and replaced by a
+///   result-1 internal error (`internal error: the answer to 'NAME' has 'arguments' of type list, expected a map`).
 /// - Observers (Kea's `command_processed` hook) see every command that passed validation, unsupported ones
 ///   included, after the handler, and may amend the answer.
 ///
@@ -125,11 +127,13 @@ public final class CommandResponder: @unchecked Sendable {
 /// Kea counterpart: `isc::config::BaseCommandMgr` / `HookedCommandMgr` / `CommandMgr::processCommand`.
 public final class CommandManager: @unchecked Sendable {
     /// A synchronous handler: `(name, arguments, whole command) -> answer`; throw to answer with result 1.
+    /// The answer's `arguments`, when present, must be a map (spec §6).
     /// Kea counterpart: `ExtendedCommandHandler` (the plain form is the same without the last parameter).
     public typealias Handler = (_ name: String, _ arguments: JSONValue?, _ command: JSONValue) throws -> JSONValue
 
-    /// An asynchronous handler: answers through `responder`, now or later. Throwing before answering answers
-    /// result 1 (as a synchronous handler); throwing after answering is logged and otherwise ignored.
+    /// An asynchronous handler: answers through `responder`, now or later (`arguments` a map, as for ``Handler``).
+    /// Throwing before answering answers result 1 (as a synchronous handler); throwing after answering is logged
+    /// and otherwise ignored.
     public typealias AsyncHandler =
         (_ name: String, _ arguments: JSONValue?, _ command: JSONValue, _ responder: CommandResponder) throws -> Void
 
@@ -421,7 +425,7 @@ public final class CommandManager: @unchecked Sendable {
 
     /// Checks the answer shape, runs observers, guarantees `arguments`, and delivers.
     private func finish(_ command: ValidatedCommand, _ response: JSONValue, _ completion: (JSONValue) -> Void) {
-        var response = Self.normalized(response) ?? invalidAnswer(command.name, response)
+        var response = checked(command.name, response)
         if observers.isEmpty {
             completion(response)
             return
@@ -429,25 +433,54 @@ public final class CommandManager: @unchecked Sendable {
         for (_, observer) in observers {
             observer(command.name, command.arguments, &response)
         }
-        completion(Self.normalized(response) ?? invalidAnswer(command.name, response))
+        // Again: an observer may have broken what the handler got right.
+        completion(checked(command.name, response))
     }
 
-    private func invalidAnswer(_ name: String, _ response: JSONValue) -> JSONValue {
-        logger.error("the answer to '\(name)' is not a map with an integer 'result': \(response)")
-        return ControlAnswer.error(
-            "internal error: the answer to '\(name)' is not a map with an integer 'result'"
-        ).json
+    /// The answer as sent, or the result-1 internal error that replaces a malformed one (logged).
+    private func checked(_ name: String, _ response: JSONValue) -> JSONValue {
+        switch Self.normalized(response, command: name) {
+        case .valid(let answer):
+            return answer
+        case .notAMapWithResult:
+            logger.error("the answer to '\(name)' is not a map with an integer 'result': \(response)")
+            return ControlAnswer.error(
+                "internal error: the answer to '\(name)' is not a map with an integer 'result'"
+            ).json
+        case .argumentsNotAMap(let typeName):
+            logger.error("the answer to '\(name)' has 'arguments' of type \(typeName), expected a map: \(response)")
+            return ControlAnswer.error(
+                "internal error: the answer to '\(name)' has 'arguments' of type \(typeName), expected a map"
+            ).json
+        }
     }
 
-    /// The answer with `arguments` guaranteed (inserted first, Kea's key order), or nil if it is not a map with
-    /// an integer `result`.
-    static func normalized(_ response: JSONValue) -> JSONValue? {
-        guard case .object(let map) = response, case .integer? = map["result"] else { return nil }
-        if map["arguments"] != nil { return response }
-        var fixed = JSONObject(minimumCapacity: map.count + 1)
-        fixed["arguments"] = .object(JSONObject())
-        for (k, v) in map { fixed[k] = v }
-        return .object(fixed)
+    /// What ``normalized(_:command:)`` made of an answer.
+    enum Normalized: Equatable {
+        /// The answer, `arguments` guaranteed.
+        case valid(JSONValue)
+        /// Not a map, or no integer `result`.
+        case notAMapWithResult
+        /// `arguments` is present but not a map (the type name is given), and the command is not `list-commands`.
+        case argumentsNotAMap(String)
+    }
+
+    /// The answer to `command` with `arguments` guaranteed (`{}` inserted first, Kea's key order), or what breaks
+    /// spec §6: not a map with an integer `result`, or an `arguments` that is not a map — only the built-in
+    /// `list-commands` answers with a list (it cannot be replaced, so its name identifies it).
+    static func normalized(_ response: JSONValue, command: String) -> Normalized {
+        guard case .object(let map) = response, case .integer? = map["result"] else { return .notAMapWithResult }
+        switch map["arguments"] {
+        case .object?:
+            return .valid(response)
+        case let other?:
+            return command == listCommandsName ? .valid(response) : .argumentsNotAMap(other.typeName)
+        case nil:
+            var fixed = JSONObject(minimumCapacity: map.count + 1)
+            fixed["arguments"] = .object(JSONObject())
+            for (k, v) in map { fixed[k] = v }
+            return .valid(.object(fixed))
+        }
     }
 }
 

@@ -1,3 +1,5 @@
+import Logging
+import Synchronization
 import Testing
 
 @testable import ControlChannel
@@ -200,6 +202,40 @@ struct CommandManagerTests {
             try process(m, #"{"command": "bad"}"#)
                 == errorAnswer("internal error: the answer to 'bad' is not a map with an integer 'result'"))
         #expect(try process(m, #"{"command": "list"}"#)["result"] == 1)
+    }
+
+    @Test func nonMapArgumentsInAnAnswerAreAnInternalError() throws {
+        let log = LogRecorder()
+        let m = CommandManager(logger: log.logger)
+        try m.registerCommand("list-args") { _, _, _ in .answer(.success, arguments: [1, 2]) }
+        try m.registerCommand("string-args") { _, _, _ in ["arguments": "text", "result": 0] }
+        try m.registerCommand("null-args") { _, _, _ in ["arguments": .null, "result": 3] }
+        try m.registerAsyncCommand("async-list-args") { _, _, _, responder in
+            responder.respond(ControlAnswer.success(arguments: ["a"]))
+        }
+        try m.registerCommand("fine") { _, _, _ in .answer(.success, arguments: ["k": [1]]) }
+        for (name, type) in [
+            ("list-args", "list"), ("string-args", "string"), ("null-args", "null"), ("async-list-args", "list"),
+        ] {
+            #expect(
+                process(m, ["command": .string(name)])
+                    == errorAnswer(
+                        "internal error: the answer to '\(name)' has 'arguments' of type \(type), expected a map"))
+        }
+        #expect(log.errors.count == 4)
+        #expect(log.errors.allSatisfy { $0.contains("'arguments' of type") }, "\(log.errors)")
+        // The built-in list-commands alone answers with a list (spec §6), as in Kea.
+        #expect(process(m, ["command": "list-commands"])["arguments"]?.arrayValue?.contains("fine") == true)
+        #expect(process(m, ["command": "fine"]) == ["arguments": ["k": [1]], "result": 0])
+        // An observer that breaks the invariant is caught as well; list-commands' list passes observers.
+        m.addObserver { name, _, response in
+            if name == "fine" { response["arguments"] = 7 }
+        }
+        #expect(
+            process(m, ["command": "fine"])
+                == errorAnswer("internal error: the answer to 'fine' has 'arguments' of type integer, expected a map"))
+        #expect(process(m, ["command": "list-commands"])["result"] == 0)
+        #expect(log.errors.count == 5)
     }
 
     @Test func asyncHandlerAnswersLater() throws {
@@ -445,5 +481,27 @@ struct CommandManagerTests {
         #expect(ControlAnswer(json: ["text": "t"]) == nil)
         #expect(ControlAnswer(json: ["result": 0, "text": 5]) == nil)
         #expect(ControlAnswer(json: [1]) == nil)
+    }
+}
+
+/// Collects what a manager logs at `error` level.
+final class LogRecorder: Sendable {
+    private let messages = Mutex<[String]>([])
+    /// The `error` messages, in order.
+    var errors: [String] { messages.withLock { $0 } }
+    var logger: Logger { Logger(label: "test", factory: { _ in Handler(recorder: self) }) }
+
+    private struct Handler: LogHandler {
+        let recorder: LogRecorder
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            guard event.level == .error else { return }
+            recorder.messages.withLock { $0.append(event.message.description) }
+        }
     }
 }

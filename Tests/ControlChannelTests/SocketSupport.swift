@@ -56,7 +56,8 @@ func eventually(_ timeout: Duration = .seconds(60), _ condition: () -> Bool) asy
 
 /// A ControlSocketServer whose IOService runs on a background thread, kept alive by a WorkGuard.
 ///
-/// Built-in test commands: `echo` (answers its arguments), `big` (`{"size": N}` → an answer carrying N
+/// Built-in test commands: `echo` (answers its arguments: a map as it is, another value as `{"value": ...}`,
+/// since answer arguments must be a map), `big` (`{"size": N}` → an answer carrying N
 /// bytes of string), `count` (counts its calls), `later` (`{"ms": N}`: async, answers after a timer), `never`
 /// (async, keeps its responder and never answers), `drop` (async, drops its responder unanswered), `fail` (throws), `result` (`{"result": N}` → that result),
 /// `utf8` (answers a non-ASCII text).
@@ -112,7 +113,13 @@ final class ServerHarness: @unchecked Sendable {
     /// strong capture would be a retain cycle (every harness, its service and its server leaked until exit).
     /// They only run on the loop thread, whose closure holds the harness strongly.
     private func registerTestCommands() throws {
-        try manager.registerCommand("echo") { _, args, _ in ControlAnswer.success(arguments: args ?? [:]).json }
+        try manager.registerCommand("echo") { _, args, _ in
+            switch args {
+            case nil: return ControlAnswer.success().json
+            case .object(let map)?: return ControlAnswer.success(arguments: .object(map)).json
+            case let value?: return ControlAnswer.success(arguments: ["value": value]).json
+            }
+        }
         try manager.registerCommand("big") { _, args, _ in
             let n = Int(args?["size"]?.intValue ?? 0)
             return ControlAnswer.success(arguments: ["data": .string(String(repeating: "x", count: n))]).json
