@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import IOLoop
@@ -175,19 +176,86 @@ struct TimerTests {
         #expect(io.outstandingWork == 0)
     }
 
+    /// A callback already queued when the timer is cancelled does not run: an earlier timer that expires in the
+    /// same pass (its handler is queued first) cancels the interval timer whose callback is queued behind it.
     @Test func noCallbackAfterCancelEvenIfQueued() throws {
         let io = try IOService()
         let timer = IntervalTimer(io)
         var count = 0
-        try timer.setup({ count += 1 }, interval: .milliseconds(1), mode: .repeating)
-        // Let it expire and queue its callback without running it, then cancel.
-        let g = WorkGuard(io)
+        try timer.setup({ count += 1 }, interval: .milliseconds(2), mode: .repeating)
+        let first = SteadyTimer(io, expiresAfter: .milliseconds(1))
+        var cancelled = false
+        first.asyncWait { _ in
+            timer.cancel()
+            cancelled = true
+        }
+        // Both deadlines pass before the loop looks, so one reactor sample queues both handlers.
         let deadline = SteadyInstant.now() + .milliseconds(5)
         while SteadyInstant.now() < deadline {}
-        #expect(try io.poll(maxHandlers: 0) == 0)
-        timer.cancel()
-        try io.poll()
+        #expect(try io.poll() == 2)  // the cancelling handler, and the queued callback that then does nothing
+        #expect(cancelled)
         #expect(count == 0)
-        g.reset()
+        #expect(io.outstandingWork == 0)
+    }
+
+    /// A repeating timer is re-armed before its callback runs, so a callback that throws (out of `run()`) does
+    /// not end the series: the next tick comes.
+    @Test func repeatingTimerRearmsBeforeItsCallback() throws {
+        let io = try IOService()
+        let timer = IntervalTimer(io)
+        var ticks = 0
+        try timer.setup(
+            {
+                ticks += 1
+                if ticks == 1 { throw TestError(tag: 1) }
+                if ticks == 3 { timer.cancel() }
+            }, interval: .milliseconds(2), mode: .repeating)
+        #expect(throws: TestError(tag: 1)) { try io.run(for: .seconds(10)) }
+        #expect(io.outstandingWork == 1)  // armed again before the callback threw
+        try io.run(for: .seconds(10))
+        #expect(ticks == 3)
+        #expect(io.outstandingWork == 0)
+    }
+
+    /// `runOne()` runs one user completion even when a single reactor sample finds two timers expired.
+    @Test func runOneRunsOneOfTwoExpiredTimers() throws {
+        let io = try IOService()
+        let a = SteadyTimer(io, expiresAfter: .milliseconds(1))
+        let b = SteadyTimer(io, expiresAfter: .milliseconds(1))
+        var fired: [String] = []
+        a.asyncWait { _ in fired.append("a") }
+        b.asyncWait { _ in fired.append("b") }
+        let deadline = SteadyInstant.now() + .milliseconds(3)
+        while SteadyInstant.now() < deadline {}
+        #expect(try io.runOne() == 1)
+        #expect(fired.count == 1)
+        #expect(try io.runOne() == 1)
+        #expect(Set(fired) == ["a", "b"])
+        #expect(try io.runOne() == 0)
+    }
+
+    /// Handlers that keep re-posting themselves do not starve timers: the timer fires while the chain runs.
+    @Test func selfRepostingChainDoesNotStarveTimers() throws {
+        final class Chain: Sendable {
+            let stop = Atomic<Bool>(false)
+            let runs = Atomic<Int>(0)
+            func go(_ io: IOService) {
+                runs.add(1, ordering: .relaxed)
+                if !stop.load(ordering: .relaxed) { io.post { self.go(io) } }
+            }
+        }
+        let io = try IOService()
+        let chain = Chain()
+        let timer = SteadyTimer(io, expiresAfter: .milliseconds(5))
+        var firedAfter = -1
+        timer.asyncWait { _ in
+            firedAfter = chain.runs.load(ordering: .relaxed)
+            chain.stop.store(true, ordering: .relaxed)
+        }
+        io.post { chain.go(io) }
+        try io.run(for: .seconds(10))
+        let stopped = chain.stop.load(ordering: .relaxed)
+        #expect(firedAfter > 0, "the timer did not fire while the chain ran")
+        #expect(stopped)
     }
 }
