@@ -106,7 +106,9 @@ public final class SteadyTimer: TimerNode {
 /// A repeating timer re-arms from its previous deadline (no drift) *before* calling back; if the loop fell
 /// behind by more than one interval, missed ticks are skipped rather than fired in a burst. After `cancel()`
 /// no callback runs, even one already queued. While armed it counts as outstanding work, so `run()` keeps
-/// going (as in Kea). Thread contract: the thread running the service.
+/// going (as in Kea). Unlike Kea's, whose destructor cancels it, an armed timer is kept alive by the service
+/// (as a pending Asio wait keeps its handler): dropping the last reference does not stop it — call `cancel()`.
+/// Thread contract: the thread running the service.
 /// Kea counterpart: `isc::asiolink::IntervalTimer` (`setup`, `cancel`, `getInterval`).
 public final class IntervalTimer: TimerNode {
     /// Whether the timer re-arms after each callback.
