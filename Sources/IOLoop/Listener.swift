@@ -101,7 +101,11 @@ final class ListenerCore<S: StreamSocket>: ListenerBase, SocketCompletionTarget 
                 backoffCount += 1
                 let err = IOError(errno: e, "accept on \(describe)")
                 if let log = onBackoff {
-                    log(err, backoff)
+                    // User code runs from the queue like any handler, never inside the reactor step (a libev
+                    // callback): counted as one unit of work until it has run.
+                    let pause = backoff
+                    service.beginWork()
+                    service.enqueue(.handler { log(err, pause) })
                 } else {
                     let line = "IOLoop: \(err); pausing accepts for \(backoff)\n"
                     _ = line.withCString { Glibc.write(2, $0, strlen($0)) }

@@ -187,7 +187,8 @@ public final class UnixStreamAcceptor: ShutdownParticipant {
     }
 
     /// Called once per back-off period when accepting pauses for lack of descriptors (default: one line on
-    /// stderr). Runs on the loop thread, inside the reactor step: don't block in it.
+    /// stderr). Runs on the loop thread as a handler of the run/poll call (queued, counted like one), never
+    /// inside a libev callback.
     public var onExhaustion: ((IOError, Duration) -> Void)? {
         get { core.onBackoff }
         set { core.onBackoff = newValue }
