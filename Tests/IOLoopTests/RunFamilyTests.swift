@@ -338,4 +338,37 @@ struct RunFamilyTests {
         #expect(first.pendingWaits == 0 && next.pendingWaits == 0)
         #expect(io.outstandingWork == 0)
     }
+
+    // MARK: thread contract (each violation stops the process with a precondition failure)
+
+    /// One thread runs a service at a time (Asio allows several; IOLoop's loop-thread state does not): a second
+    /// thread's poll() while another thread is inside run() is refused.
+    @Test func secondRunnerIsAPreconditionFailure() async {
+        await #expect(processExitsWith: .failure) {
+            let io = try IOService()
+            let guardWork = WorkGuard(io)
+            let running = DispatchSemaphore(value: 0)
+            io.post { running.signal() }
+            Thread { _ = try? io.run() }.start()
+            _ = running.wait(timeout: .now() + 10)
+            _ = try io.poll()
+            _ = guardWork
+        }
+    }
+
+    @Test func restartInsideRunIsAPreconditionFailure() async {
+        await #expect(processExitsWith: .failure) {
+            let io = try IOService()
+            io.post { io.restart() }
+            _ = try io.run()
+        }
+    }
+
+    @Test func shutdownInsideRunIsAPreconditionFailure() async {
+        await #expect(processExitsWith: .failure) {
+            let io = try IOService()
+            io.post { io.shutdown() }
+            _ = try io.run()
+        }
+    }
 }
