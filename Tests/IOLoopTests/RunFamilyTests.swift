@@ -261,6 +261,39 @@ struct RunFamilyTests {
         #expect(io.outstandingWork == 0)
     }
 
+    /// Destroying a service releases the handlers still queued, uncalled — posted from its own thread and from
+    /// another (Asio's `io_context` destructor).
+    @Test func destroyingTheServiceReleasesQueuedHandlers() throws {
+        let released = Counter()
+        let called = Counter()
+        do {
+            let io = try IOService()
+            let s = Sentinel(released)
+            io.post {
+                _ = s
+                called.bump()
+            }
+            let done = DispatchSemaphore(value: 0)
+            // Unowned: the thread object keeps its closure after signalling, which must not keep the service. The
+            // sentinel is made in a function that has returned before the signal, so no local still holds it.
+            @Sendable func postFromHere(_ io: IOService) {
+                let s2 = Sentinel(released)
+                io.post {
+                    _ = s2
+                    called.bump()
+                }
+            }
+            Thread { [unowned io] in
+                postFromHere(io)
+                done.signal()
+            }.start()
+            #expect(done.wait(timeout: .now() + 10) == .success)
+            #expect(released.count == 0)
+        }
+        #expect(released.count == 2)
+        #expect(called.count == 0)
+    }
+
     /// The usual shape: a wait captures the object that owns its timer, so the timer outlives the shutdown.
     /// Its handlers must still be released (before the fix only the heap's reference was: the handlers, and
     /// everything they captured, stayed alive).
