@@ -391,7 +391,9 @@ final class ControlConnection {
     @exclusivity(unchecked) unowned(unsafe) var timeoutNext: ControlConnection?
     @exclusivity(unchecked) var queuedDeadline = SteadyInstant.distantFuture
     @exclusivity(unchecked) var isQueued = false
-    @exclusivity(unchecked) private var answer: [UInt8] = []
+    /// An answer the socket did not take at once (a copy: the serialized bytes are only lent), written from
+    /// `written` on.
+    @exclusivity(unchecked) private var answer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     @exclusivity(unchecked) private var written = 0
     /// False once a complete command ended exactly at the end of a short read; see `finish()`.
     @exclusivity(unchecked) private var mayHaveUnreadInput = true
@@ -402,9 +404,6 @@ final class ControlConnection {
     /// malloc/free per connection).
     private static let initialBuffer = 1024
     private static let largeBuffer = 65536
-    /// Answers go out in pieces of this size (about a UNIX socket's send buffer), so the write timeout
-    /// measures progress, not the time to send the whole answer.
-    private static let writeChunk = 1 << 16
     /// At most this much unread input is drained before the close.
     private static let maxDrain = 1 << 20
 
@@ -421,6 +420,7 @@ final class ControlConnection {
 
     deinit {
         buffer.deallocate()
+        answer.deallocate()
     }
 
     /// Whether a command is running or its answer is being written.
@@ -632,7 +632,8 @@ final class ControlConnection {
             finish()
             return
         }
-        answer = Array(bytes)
+        answer = .allocate(byteCount: bytes.count, alignment: 1)
+        answer.copyMemory(from: bytes)
         written = sent
         writeNext()
     }
@@ -653,9 +654,9 @@ final class ControlConnection {
             return
         }
         armTimer(config.writeTimeout)
-        let n = min(remaining, Self.writeChunk)
-        let piece = written == 0 && n == answer.count ? answer : Array(answer[written..<written + n])
-        socket.asyncWrite(piece) { [self] error, transferred in
+        // One completion per send that makes progress, so the write timeout measures progress (spec §3), whatever
+        // the socket's buffer size. The buffer lives until deinit, past any completion.
+        socket.asyncWriteSome(UnsafeRawBufferPointer(rebasing: answer[written...])) { [self] error, transferred in
             guard state == .writing else { return }
             written += transferred
             if let error {

@@ -73,6 +73,8 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
     @exclusivity(unchecked) private var writeBase: UnsafeRawPointer?
     @exclusivity(unchecked) private var writeLength = 0
     @exclusivity(unchecked) private var writeDone = 0
+    /// The pending write completes after its first successful `send` (`asyncWriteSome`), not after all of it.
+    @exclusivity(unchecked) private var writeSomeOnly = false
     @exclusivity(unchecked) private var writeArray: [UInt8]?
     @exclusivity(unchecked) private var writeHandler: TransferHandler?
     @exclusivity(unchecked) private var writeError: IOError?
@@ -350,8 +352,27 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
         startWrite(base, count, array: bytes, handler)
     }
 
+    /// Writes some of `bytes`: completes with `(nil, n)` after the first `send` that takes at least one byte
+    /// (waiting for writability first if the socket takes nothing now), where `n` may be less than
+    /// `bytes.count`. Lets a caller see progress on a long write (a write timeout that measures progress, not
+    /// total time). An empty `bytes` completes with 0.
+    ///
+    /// Errors as ``asyncWrite(_:_:)-(UnsafeRawBufferPointer,_)`` (count 0). Buffer ownership: borrowed until the
+    /// handler runs. Precondition: no other write (or connect) pending. Never completes inline.
+    /// Asio: `async_write_some`.
+    public func asyncWriteSome(_ bytes: UnsafeRawBufferPointer, _ handler: @escaping TransferHandler) {
+        startWrite(bytes.baseAddress, bytes.count, array: nil, some: true, handler)
+    }
+
+    /// `asyncWriteSome` of an array (kept alive until the handler runs; no copy is made).
+    public func asyncWriteSome(_ bytes: [UInt8], _ handler: @escaping TransferHandler) {
+        let (base, count) = bytes.withUnsafeBytes { ($0.baseAddress, $0.count) }
+        startWrite(base, count, array: bytes, some: true, handler)
+    }
+
     private func startWrite(
-        _ base: UnsafeRawPointer?, _ count: Int, array: [UInt8]?, _ handler: @escaping TransferHandler
+        _ base: UnsafeRawPointer?, _ count: Int, array: [UInt8]?, some: Bool = false,
+        _ handler: @escaping TransferHandler
     ) {
         precondition(
             writeState == .idle,
@@ -364,6 +385,7 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
         writeBase = base
         writeLength = count
         writeDone = 0
+        writeSomeOnly = some
         writeHandler = handler
         writeError = nil
         writeKeep = self
@@ -391,6 +413,7 @@ public class StreamSocket: SocketCompletionTarget, ShutdownParticipant {
                 return
             }
             writeDone += n
+            if writeSomeOnly { break }
         }
         finishWrite(nil)
     }

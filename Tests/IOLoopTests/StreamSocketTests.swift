@@ -287,6 +287,49 @@ struct StreamSocketTests {
         return false
     }
 
+    /// `asyncWriteSome` (Asio's `async_write_some`) completes after the first send that takes bytes — part of a
+    /// write larger than the socket buffer — never inline; an empty write completes with 0.
+    @Test func asyncWriteSomeCompletesAfterTheFirstSend() throws {
+        let io = try IOService()
+        let (a, b) = try UnixStreamSocket.pair(io)
+        let big = [UInt8](repeating: 0x42, count: 8 << 20)
+        var first = -1
+        var inCall = true
+        var ranInline = false
+        a.asyncWriteSome(big) { error, n in
+            #expect(error == nil)
+            ranInline = inCall
+            first = n
+        }
+        inCall = false
+        #expect(try io.run(for: .seconds(10)) == 1)
+        #expect(!ranInline)
+        #expect(first > 0 && first < big.count, "wrote \(first) of \(big.count) bytes")
+        io.restart()  // run() stopped the service when its work ran out
+        var empty = -1
+        a.asyncWriteSome([]) { _, n in empty = n }
+        try io.run(for: .seconds(10))
+        io.restart()
+        #expect(empty == 0)
+        // Full send buffer: the next write waits for the reader, then completes with what fit.
+        let payload = RawBuffer(1 << 20)
+        var second = -1
+        a.asyncWriteSome(UnsafeRawBufferPointer(payload.buffer)) { _, n in second = n }
+        let sink = RawBuffer(1 << 16)
+        var drained = 0
+        func drain() {
+            b.asyncReadSome(into: sink.buffer) { error, n in
+                drained += n
+                if error == nil && second < 0 { drain() }
+            }
+        }
+        drain()
+        try io.run(for: .seconds(10))
+        #expect(second > 0 && second <= payload.buffer.count)
+        #expect(drained > 0)
+        _ = (a, b)
+    }
+
     @Test func halfClose() throws {
         let io = try IOService()
         let dir = TempDir()
