@@ -442,16 +442,9 @@ public final class CommandManager: @unchecked Sendable {
         switch Self.normalized(response, command: name) {
         case .valid(let answer):
             return answer
-        case .notAMapWithResult:
-            logger.error("the answer to '\(name)' is not a map with an integer 'result': \(response)")
-            return ControlAnswer.error(
-                "internal error: the answer to '\(name)' is not a map with an integer 'result'"
-            ).json
-        case .argumentsNotAMap(let typeName):
-            logger.error("the answer to '\(name)' has 'arguments' of type \(typeName), expected a map: \(response)")
-            return ControlAnswer.error(
-                "internal error: the answer to '\(name)' has 'arguments' of type \(typeName), expected a map"
-            ).json
+        case .invalid(let problem):
+            logger.error("the answer to '\(name)' \(problem): \(response)")
+            return ControlAnswer.error("internal error: the answer to '\(name)' \(problem)").json
         }
     }
 
@@ -459,22 +452,23 @@ public final class CommandManager: @unchecked Sendable {
     enum Normalized: Equatable {
         /// The answer, `arguments` guaranteed.
         case valid(JSONValue)
-        /// Not a map, or no integer `result`.
-        case notAMapWithResult
-        /// `arguments` is present but not a map (the type name is given), and the command is not `list-commands`.
-        case argumentsNotAMap(String)
+        /// What breaks spec §6, as it reads after "the answer to 'NAME' ".
+        case invalid(String)
     }
 
     /// The answer to `command` with `arguments` guaranteed (`{}` inserted first, Kea's key order), or what breaks
     /// spec §6: not a map with an integer `result`, or an `arguments` that is not a map — only the built-in
     /// `list-commands` answers with a list (it cannot be replaced, so its name identifies it).
     static func normalized(_ response: JSONValue, command: String) -> Normalized {
-        guard case .object(let map) = response, case .integer? = map["result"] else { return .notAMapWithResult }
+        guard case .object(let map) = response, case .integer? = map["result"] else {
+            return .invalid("is not a map with an integer 'result'")
+        }
         switch map["arguments"] {
         case .object?:
             return .valid(response)
         case let other?:
-            return command == listCommandsName ? .valid(response) : .argumentsNotAMap(other.typeName)
+            if command == listCommandsName { return .valid(response) }
+            return .invalid("has 'arguments' of type \(other.typeName), expected a map")
         case nil:
             var fixed = JSONObject(minimumCapacity: map.count + 1)
             fixed["arguments"] = .object(JSONObject())

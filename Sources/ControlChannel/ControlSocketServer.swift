@@ -486,10 +486,19 @@ final class ControlConnection {
             buffer.deallocate()
             buffer = .allocate(byteCount: Self.largeBuffer, alignment: 16)
         }
-        switch result {
-        case .needMoreData:
+        if case .needMoreData = result {
             armTimer(config.inactivityTimeout)
             read()
+        } else {
+            framed(result)
+        }
+    }
+
+    /// Goes on once the framer has a complete command (process it) or has rejected the input (answer why).
+    private func framed(_ result: JSONFramer.FeedResult) {
+        switch result {
+        case .needMoreData:
+            break
         case .complete:
             process()
         case .failed(let failure):
@@ -559,16 +568,8 @@ final class ControlConnection {
             }
             total += n
             let result = framer.feed(UnsafeRawBufferPointer(start: base, count: n))
-            switch result {
-            case .needMoreData:
-                continue
-            case .complete:
-                mayHaveUnreadInput = true
-                process()
-            case .failed(let failure):
-                logger.warning("control connection fd \(fd): \(failure.text)")
-                send(CommandManager.answerBytes(for: failure))
-            }
+            if case .needMoreData = result { continue }
+            framed(result)
             return true
         }
         return false
