@@ -489,19 +489,9 @@ final class LogRecorder: Sendable {
     private let messages = Mutex<[String]>([])
     /// The `error` messages, in order.
     var errors: [String] { messages.withLock { $0 } }
-    var logger: Logger { Logger(label: "test", factory: { _ in Handler(recorder: self) }) }
-
-    private struct Handler: LogHandler {
-        let recorder: LogRecorder
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            guard event.level == .error else { return }
-            recorder.messages.withLock { $0.append(event.message.description) }
+    var logger: Logger {
+        recordingLogger { [self] event in
+            if event.level == .error { messages.withLock { $0.append(event.message.description) } }
         }
     }
 }

@@ -750,7 +750,10 @@ struct ControlSocketServerTests {
     /// inside the accept completion, must be the same for the 300th connection as for the 2nd.
     @Test func acceptCompletionDoesNotGrowWithConnections() throws {
         let depths = DepthRecorder()
-        var logger = Logger(label: "test", factory: { _ in DepthRecordingHandler(recorder: depths) })
+        var logger = recordingLogger { event in
+            guard event.message.description.hasPrefix("control connection opened") else { return }
+            depths.record(Thread.callStackReturnAddresses.count)
+        }
         logger.logLevel = .debug
         let h = try ServerHarness(logger: logger)
         defer { h.stop() }
@@ -773,24 +776,9 @@ struct ControlSocketServerTests {
     }
 }
 
-/// Stack depths recorded by `DepthRecordingHandler`, in order.
+/// Stack depths recorded at "control connection opened", in order.
 final class DepthRecorder: Sendable {
     private let depths = Mutex<[Int]>([])
     var values: [Int] { depths.withLock { $0 } }
     func record(_ depth: Int) { depths.withLock { $0.append(depth) } }
-}
-
-/// A log handler that records the call-stack depth at each "control connection opened" message.
-struct DepthRecordingHandler: LogHandler {
-    let recorder: DepthRecorder
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .debug
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        guard event.message.description.hasPrefix("control connection opened") else { return }
-        recorder.record(Thread.callStackReturnAddresses.count)
-    }
 }

@@ -307,6 +307,25 @@ func errorAnswerText(_ text: String) -> String {
     ControlAnswer.error(text).json.serializedString()
 }
 
+// MARK: Logging
+
+/// A log handler that hands every event to `sink`: tests record from it what they check.
+struct RecordingLogHandler: LogHandler {
+    let sink: @Sendable (LogEvent) -> Void
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { sink(event) }
+}
+
+/// A logger (level `.trace`) whose events go to `sink`.
+func recordingLogger(_ sink: @escaping @Sendable (LogEvent) -> Void) -> Logger {
+    Logger(label: "test", factory: { _ in RecordingLogHandler(sink: sink) })
+}
+
 // MARK: Child processes
 
 /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), looked up at run time: the Swift importer does not
